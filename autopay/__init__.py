@@ -1,0 +1,1 @@
+"""The payment engine: Celery tasks, scheduler, payment rails, signers, custody and chain access."""

@@ -1,0 +1,1 @@
+"""Chain tooling: the local anvil node and the project's token contract."""

@@ -1,0 +1,153 @@
+"""Chain access for the engine: one web3 per process, every call bounded by a timeout.
+
+Transport failures surface as ChainUnavailable (transient); contract reverts as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import requests
+from django.conf import settings
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.exceptions import TimeExhausted
+
+from autopay.chain.abi import AUTHORIZATION_USED_TOPIC, ERC20_MINIMAL_ABI
+from autopay.errors import RpcUnavailable
+
+logger = logging.getLogger(__name__)
+
+_local = threading.local()
+
+
+class ChainUnavailable(RpcUnavailable):
+    """The chain's RPC endpoint could not be reached, or timed out."""
+
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+    TimeExhausted,
+)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return True
+    if isinstance(exc, requests.exceptions.HTTPError):
+        response = exc.response
+        return response is None or response.status_code >= 500 or response.status_code == 429
+    return False
+
+
+def get_web3(rpc_url: str | None = None) -> Web3:
+    """A web3 bound to ``rpc_url`` (default CHAIN_RPC_URL), cached per thread."""
+    url = rpc_url or settings.CHAIN_RPC_URL
+    cache: dict[str, Web3] = getattr(_local, "web3", None) or {}
+    _local.web3 = cache
+    w3 = cache.get(url)
+    if w3 is None:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        provider = Web3.HTTPProvider(
+            url,
+            request_kwargs={"timeout": settings.CHAIN_RPC_TIMEOUT_SECONDS},
+            session=session,
+            exception_retry_configuration=None,
+        )
+        w3 = Web3(provider)
+        cache[url] = w3
+    return w3
+
+
+def call_rpc(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a web3 call, turning transport failures into ChainUnavailable."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:
+        if is_transport_error(exc):
+            raise ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}") from exc
+        raise
+
+
+def token_balance(token_address: str, owner: str, *, w3: Web3 | None = None) -> int:
+    w3 = w3 or get_web3()
+    token = w3.eth.contract(address=to_checksum_address(token_address), abi=ERC20_MINIMAL_ABI)
+    return int(call_rpc(token.functions.balanceOf(to_checksum_address(owner)).call))
+
+
+def authorization_used(
+    token_address: str, authorizer: str, nonce: str, *, w3: Web3 | None = None
+) -> bool:
+    """EIP-3009 authorizationState: has this nonce been used (or canceled) by the payer?"""
+    w3 = w3 or get_web3()
+    token = w3.eth.contract(address=to_checksum_address(token_address), abi=ERC20_MINIMAL_ABI)
+    call = token.functions.authorizationState(
+        to_checksum_address(authorizer), bytes.fromhex(nonce[2:])
+    )
+    return bool(call_rpc(call.call))
+
+
+def find_authorization_transaction(
+    token_address: str,
+    authorizer: str,
+    nonce: str,
+    *,
+    from_block: int = 0,
+    w3: Web3 | None = None,
+) -> tuple[str, int] | None:
+    """The transaction (hash, block) that used ``nonce``, from its AuthorizationUsed event."""
+    w3 = w3 or get_web3()
+    topics = [
+        AUTHORIZATION_USED_TOPIC,
+        "0x" + "0" * 24 + to_checksum_address(authorizer)[2:].lower(),
+        nonce.lower(),
+    ]
+    logs = call_rpc(
+        w3.eth.get_logs,
+        {
+            "address": to_checksum_address(token_address),
+            "fromBlock": max(from_block, 0),
+            "toBlock": "latest",
+            "topics": topics,  # type: ignore[typeddict-item]
+        },
+    )
+    if not logs:
+        return None
+    log = logs[-1]
+    return "0x" + bytes(log["transactionHash"]).hex().removeprefix("0x"), int(log["blockNumber"])
+
+
+def block_number(*, w3: Web3 | None = None) -> int:
+    w3 = w3 or get_web3()
+    return int(call_rpc(lambda: w3.eth.block_number))
+
+
+def transaction_receipt(tx_hash: str, *, w3: Web3 | None = None) -> dict[str, Any] | None:
+    """The receipt of ``tx_hash`` or None while it is not mined."""
+    from web3.exceptions import TransactionNotFound
+
+    w3 = w3 or get_web3()
+    try:
+        return dict(call_rpc(w3.eth.get_transaction_receipt, tx_hash))
+    except TransactionNotFound:
+        return None
+
+
+def transaction_known(tx_hash: str, *, w3: Web3 | None = None) -> bool:
+    """Whether the node knows the transaction (pending or mined)."""
+    from web3.exceptions import TransactionNotFound
+
+    w3 = w3 or get_web3()
+    try:
+        call_rpc(w3.eth.get_transaction, tx_hash)
+        return True
+    except TransactionNotFound:
+        return False

@@ -1,0 +1,357 @@
+"""The gas-paying relayer: our implementation of the x402 SDK's FacilitatorEvmSigner.
+
+Written here because the SDK's bundled FacilitatorWeb3Signer (x402 2.25) falls short for a
+fleet of workers: it allocates transaction nonces per process (two workers collide), sends
+legacy gas-price transactions with a fixed gas limit, and broadcasts without simulating. This
+one allocates nonces under a Redis lock shared by every worker process and machine, estimates
+gas (an eth_estimateGas is the simulation: a doomed transfer is never broadcast), prices with
+EIP-1559 fees, and tells the engine each transaction hash before it is broadcast so a crash
+right after the send can be reconciled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.exceptions import ContractLogicError
+from x402.mechanisms.evm.types import TransactionReceipt
+
+from autopay.chain.client import ChainUnavailable, is_transport_error
+from autopay.errors import NonceRace, SettlementPending
+
+logger = logging.getLogger(__name__)
+
+_NONCE_ERRORS = (
+    "nonce too low",
+    "already known",
+    "replacement transaction underpriced",
+    "nonce too high",
+    "invalid nonce",
+)
+
+
+class RevertedCall(Exception):
+    """An eth_call or gas estimate reverted. The text carries 'execution reverted: <reason>',
+    which the SDK's error parser maps to its reason codes."""
+
+
+@dataclass
+class SettlementContext:
+    """Per-settlement hooks and observations, set by the engine around a facilitator call."""
+
+    on_signed: Callable[[str], None] | None = None
+    on_unsent: Callable[[str], None] | None = None
+    transport_error: BaseException | None = None
+    sent_hashes: list[str] = field(default_factory=list)
+
+
+_context = threading.local()
+
+
+@contextlib.contextmanager
+def settlement_context(context: SettlementContext) -> Iterator[SettlementContext]:
+    previous = getattr(_context, "value", None)
+    _context.value = context
+    try:
+        yield context
+    finally:
+        _context.value = previous
+
+
+def _current() -> SettlementContext | None:
+    return getattr(_context, "value", None)
+
+
+def _note_transport(exc: BaseException) -> None:
+    context = _current()
+    if context is not None and context.transport_error is None:
+        context.transport_error = exc
+
+
+class Relayer:
+    """Sends settlement transactions for the in-process facilitator."""
+
+    def __init__(
+        self,
+        *,
+        private_key: str,
+        w3: Web3,
+        redis_client: redis.Redis,
+        chain_id: int,
+        confirmations: int = 1,
+        confirmation_timeout: float = 60.0,
+        poll_interval: float = 0.05,
+        max_fee_wei: int | None = None,
+        priority_fee_wei: int = 1_000_000_000,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self._account = Account.from_key(private_key)
+        self._w3 = w3
+        self._redis = redis_client
+        self._chain_id = chain_id
+        self._confirmations = max(confirmations, 1)
+        self._confirmation_timeout = confirmation_timeout
+        self._poll_interval = poll_interval
+        self._max_fee_wei = max_fee_wei
+        self._priority_fee_wei = priority_fee_wei
+        self._lock_timeout = lock_timeout
+        self._fee_cache: tuple[float, int, int] | None = None
+        key = f"autopay:relayer:{chain_id}:{self._account.address.lower()}"
+        self._nonce_key = f"{key}:next-nonce"
+        self._lock_key = f"{key}:lock"
+
+    def __repr__(self) -> str:
+        return f"<Relayer {self._account.address} chain={self._chain_id}>"
+
+    @property
+    def address(self) -> str:
+        return str(self._account.address)
+
+    # --- FacilitatorEvmSigner protocol ----------------------------------------------------
+
+    def get_addresses(self) -> list[str]:
+        return [self.address]
+
+    def get_chain_id(self) -> int:
+        return self._chain_id
+
+    def _rpc(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            if is_transport_error(exc):
+                _note_transport(exc)
+                raise ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}") from exc
+            raise
+
+    def read_contract(
+        self, address: str, abi: list[dict[str, Any]], function_name: str, *args: Any
+    ) -> Any:
+        contract = self._w3.eth.contract(address=to_checksum_address(address), abi=abi)
+        call = getattr(contract.functions, function_name)(*args)
+        try:
+            return self._rpc(call.call, {"from": self.address})
+        except ContractLogicError as exc:
+            raise RevertedCall(f"execution reverted: {exc.message or exc}") from exc
+
+    def get_code(self, address: str) -> bytes:
+        return bytes(self._rpc(self._w3.eth.get_code, to_checksum_address(address)))
+
+    def get_balance(self, address: str, token_address: str) -> int:
+        from autopay.chain.client import token_balance
+
+        return token_balance(token_address, address, w3=self._w3)
+
+    def verify_typed_data(
+        self,
+        address: str,
+        domain: Any,
+        types: dict[str, Any],
+        primary_type: str,
+        message: dict[str, Any],
+        signature: bytes,
+    ) -> bool:
+        domain_dict = (
+            domain
+            if isinstance(domain, dict)
+            else {
+                "name": domain.name,
+                "version": domain.version,
+                "chainId": domain.chain_id,
+                "verifyingContract": domain.verifying_contract,
+            }
+        )
+        signable = encode_typed_data(domain_dict, types, message)
+        return bool(
+            Account.recover_message(signable, signature=signature).lower() == address.lower()
+        )
+
+    def send_transaction(self, to: str, data: bytes) -> str:
+        # Only used for ERC-6492 smart-wallet deployment, which auto-pay does not offer.
+        raise NotImplementedError("smart-wallet deployment is not supported by the relayer")
+
+    def write_contract(
+        self,
+        address: str,
+        abi: list[dict[str, Any]],
+        function_name: str,
+        *args: Any,
+        data_suffix: str | None = None,
+    ) -> str:
+        contract = self._w3.eth.contract(address=to_checksum_address(address), abi=abi)
+        data = contract.encode_abi(function_name, args=list(args))
+        if data_suffix:
+            data = data + data_suffix.removeprefix("0x")
+        return self.send_call(to=to_checksum_address(address), data=data)
+
+    def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
+        receipt = self.wait_for_receipt(tx_hash)
+        return TransactionReceipt(
+            status=1 if receipt["status"] == 1 else 0,
+            block_number=int(receipt["blockNumber"]),
+            tx_hash=tx_hash,
+            logs=list(receipt.get("logs") or []),
+        )
+
+    # --- Sending --------------------------------------------------------------------------
+
+    def _fees(self) -> tuple[int, int]:
+        """EIP-1559 (maxFeePerGas, maxPriorityFeePerGas) with headroom for a rising base fee."""
+        now = time.monotonic()
+        if self._fee_cache and now - self._fee_cache[0] < 2.0:
+            return self._fee_cache[1], self._fee_cache[2]
+        block = self._rpc(self._w3.eth.get_block, "latest")
+        base_fee = int(block.get("baseFeePerGas") or 0)
+        priority = self._priority_fee_wei
+        max_fee = base_fee * 2 + priority
+        if self._max_fee_wei is not None:
+            max_fee = min(max_fee, self._max_fee_wei)
+            priority = min(priority, max_fee)
+        self._fee_cache = (now, max_fee, priority)
+        return max_fee, priority
+
+    def send_call(self, *, to: str, data: str, attempts: int = 4) -> str:
+        """Simulate, price, sign and broadcast a call; return its transaction hash."""
+        request = {"from": self.address, "to": to, "data": data}
+        try:
+            gas = int(self._rpc(self._w3.eth.estimate_gas, request))
+        except ContractLogicError as exc:
+            # Simulation failed: nothing is broadcast.
+            raise RevertedCall(f"execution reverted: {exc.message or exc}") from exc
+        max_fee, priority = self._fees()
+        gas_limit = gas + gas // 5 + 5_000
+        for attempt in range(attempts):
+            try:
+                return self._sign_and_send(
+                    to=to, data=data, gas=gas_limit, max_fee=max_fee, priority=priority
+                )
+            except NonceRace:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise NonceRace("relayer nonce could not be allocated")
+
+    def _sign_and_send(self, *, to: str, data: str, gas: int, max_fee: int, priority: int) -> str:
+        context = _current()
+        lock = self._redis.lock(
+            self._lock_key, timeout=self._lock_timeout, blocking_timeout=self._lock_timeout
+        )
+        if not lock.acquire():
+            raise NonceRace("relayer nonce lock is busy")
+        try:
+            pending = int(self._rpc(self._w3.eth.get_transaction_count, self.address, "pending"))
+            stored = self._redis.get(self._nonce_key)
+            nonce = max(pending, int(stored) if stored is not None else 0)
+            signed = self._account.sign_transaction(
+                {
+                    "type": 2,
+                    "chainId": self._chain_id,
+                    "to": to,
+                    "data": data,
+                    "value": 0,
+                    "gas": gas,
+                    "maxFeePerGas": max_fee,
+                    "maxPriorityFeePerGas": priority,
+                    "nonce": nonce,
+                }
+            )
+            tx_hash = "0x" + bytes(signed.hash).hex().removeprefix("0x")
+            if context is not None and context.on_signed is not None:
+                context.on_signed(tx_hash)
+            try:
+                self._w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception as exc:
+                message = str(exc).lower()
+                # Resynchronise from the node on the next send, whatever happened.
+                self._redis.delete(self._nonce_key)
+                if is_transport_error(exc):
+                    # Ambiguous: the node may have received it. The engine reconciles by hash
+                    # and by the authorization nonce, never by sending blindly again.
+                    _note_transport(exc)
+                    raise ChainUnavailable(f"broadcast failed: {type(exc).__name__}") from exc
+                if "already known" in message:
+                    return tx_hash
+                if context is not None and context.on_unsent is not None:
+                    context.on_unsent(tx_hash)
+                if any(fragment in message for fragment in _NONCE_ERRORS):
+                    raise NonceRace(f"relayer nonce {nonce} was taken: {exc}") from exc
+                raise
+            self._redis.set(self._nonce_key, nonce + 1, ex=3600)
+            if context is not None:
+                context.sent_hashes.append(tx_hash)
+            return tx_hash
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()
+
+    def wait_for_receipt(self, tx_hash: str) -> dict[str, Any]:
+        """Poll for the receipt until it has the configured confirmations, or time out."""
+        from web3.exceptions import TransactionNotFound
+
+        deadline = time.monotonic() + self._confirmation_timeout
+        while True:
+            try:
+                receipt = dict(self._rpc(self._w3.eth.get_transaction_receipt, tx_hash))
+            except TransactionNotFound:
+                receipt = None
+            if receipt is not None:
+                if self._confirmations <= 1:
+                    return receipt
+                head = int(self._rpc(lambda: self._w3.eth.block_number))
+                if head - int(receipt["blockNumber"]) + 1 >= self._confirmations:
+                    return receipt
+            if time.monotonic() >= deadline:
+                raise SettlementPending(
+                    f"transaction {tx_hash} not confirmed within {self._confirmation_timeout:.0f}s"
+                )
+            time.sleep(self._poll_interval)
+
+
+_relayers: dict[tuple[str, str], Relayer] = {}
+_relayers_lock = threading.Lock()
+
+
+def get_relayer() -> Relayer:
+    """The process's relayer for the configured chain (RELAYER_PRIVATE_KEY)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from autopay.chain.client import get_web3
+    from autopay.redis_client import get_redis
+
+    if not settings.RELAYER_PRIVATE_KEY:
+        raise ImproperlyConfigured(
+            "RELAYER_PRIVATE_KEY is not set; the facilitator cannot pay gas."
+        )
+    cache_key = (settings.CHAIN_RPC_URL, threading.current_thread().name)
+    with _relayers_lock:
+        relayer = _relayers.get(cache_key)
+        if relayer is None:
+            max_fee = (
+                int(settings.RELAYER_MAX_FEE_GWEI * 10**9)
+                if settings.RELAYER_MAX_FEE_GWEI
+                else None
+            )
+            relayer = Relayer(
+                private_key=settings.RELAYER_PRIVATE_KEY,
+                w3=get_web3(),
+                redis_client=get_redis(),
+                chain_id=settings.CHAIN_ID,
+                confirmations=settings.CHAIN_CONFIRMATIONS,
+                confirmation_timeout=settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS,
+                poll_interval=settings.CHAIN_RECEIPT_POLL_SECONDS,
+                max_fee_wei=max_fee,
+            )
+            _relayers[cache_key] = relayer
+        return relayer

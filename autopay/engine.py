@@ -1,0 +1,234 @@
+"""Processing one payment job: claim, validate, reconcile, pay, record.
+
+The Celery task is a thin shell around ``process_job``; everything that decides what happens
+to money lives here and in the rail, and every state change goes through the services.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from autopay import errors
+from autopay.rails import get_rail
+from autopay.rails.base import Settlement
+from jobs import services as job_services
+from jobs.models import Job
+from subscriptions import services as subscription_services
+from subscriptions.models import Payment, Subscription
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_VALIDATED = 10
+PROGRESS_SIGNED = 30
+PROGRESS_SUBMITTED = 50
+PROGRESS_CONFIRMED = 80
+PROGRESS_RECORDED = 100
+
+
+def worker_identity(task_id: str | None = None) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{task_id or '-'}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a job message. ``retry_in`` asks the task to republish after a delay."""
+
+    status: str
+    retry_in: float | None = None
+
+
+class _Hooks:
+    """Callbacks the rail uses to report progress; they write through the services."""
+
+    def __init__(self, job: Job, payment: Payment, worker_id: str) -> None:
+        self.job = job
+        self.payment = payment
+        self.worker_id = worker_id
+        self.lease_lost = False
+
+    def progress(self, percent: int) -> None:
+        job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=percent)
+
+    def prepared(
+        self, *, nonce: str, valid_after: int, valid_before: int, search_from_block: int | None
+    ) -> None:
+        now = timezone.now()
+        Payment.objects.filter(pk=self.payment.pk).exclude(status=Payment.Status.COMPLETED).update(
+            status=Payment.Status.PROCESSING,
+            authorization_nonce=nonce,
+            valid_after=valid_after,
+            valid_before=valid_before,
+            updated_at=now,
+        )
+        self.payment.authorization_nonce = nonce
+
+    def signed_transaction(self, tx_hash: str) -> None:
+        # Recorded before the broadcast: a crash right after sending leaves a hash to look up.
+        now = timezone.now()
+        Payment.objects.filter(pk=self.payment.pk).exclude(status=Payment.Status.COMPLETED).update(
+            status=Payment.Status.SUBMITTED,
+            transaction_hash=tx_hash,
+            submitted_at=now,
+            updated_at=now,
+        )
+        self.payment.transaction_hash = tx_hash
+        try:
+            self.progress(PROGRESS_SUBMITTED)
+        except job_services.LeaseLost:
+            # Never raise inside the broadcast path; the engine checks after the rail returns.
+            self.lease_lost = True
+
+    def unsent_transaction(self, tx_hash: str) -> None:
+        Payment.objects.filter(pk=self.payment.pk, transaction_hash=tx_hash).update(
+            status=Payment.Status.PROCESSING, transaction_hash="", updated_at=timezone.now()
+        )
+        self.payment.transaction_hash = ""
+
+
+def _result(payment: Payment, settlement: Settlement) -> dict[str, Any]:
+    return {
+        "success": True,
+        "transactionHash": settlement.transaction_hash,
+        "subscriptionId": str(payment.subscription_id),
+        "amount": format(payment.amount.normalize(), "f"),
+        "paymentId": str(payment.pk),
+        "blockNumber": settlement.block_number,
+        "reconciled": settlement.reconciled,
+    }
+
+
+def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_id: str) -> Outcome:
+    job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_CONFIRMED)
+    subscription_services.payment_record_success(
+        payment=payment,
+        transaction_hash=settlement.transaction_hash,
+        block_number=settlement.block_number,
+    )
+    job_services.job_complete(job=job, worker_id=worker_id, result=_result(payment, settlement))
+    logger.info(
+        "job %s completed: payment %s settled in %s%s",
+        job.pk,
+        payment.pk,
+        settlement.transaction_hash,
+        " (reconciled)" if settlement.reconciled else "",
+    )
+    return Outcome("completed")
+
+
+def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError) -> Outcome:
+    subscription_services.payment_record_failure(
+        payment=payment, code=error.code, message=error.message
+    )
+    job_services.job_fail(job=job, worker_id=worker_id, code=error.code, message=error.message)
+    logger.warning("job %s failed: %s (%s)", job.pk, error.code, error.message)
+    return Outcome("failed")
+
+
+def process_job(*, job_id: str, worker_id: str) -> Outcome:
+    """Process one job message. Safe to call any number of times for the same job."""
+    close_old_connections()
+    try:
+        job = job_services.job_claim(job_id=job_id, worker_id=worker_id)
+    except Job.DoesNotExist:
+        job = None
+    if job is None:
+        exists = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if exists is None:
+            logger.warning("job %s does not exist; message dropped", job_id)
+        else:
+            logger.info(
+                "job %s not claimed (status %s); duplicate or early message", job_id, exists
+            )
+        return Outcome("skipped")
+    try:
+        return _process_claimed(job, worker_id)
+    except job_services.LeaseLost:
+        logger.warning("job %s: lease lost to recovery; this worker stops", job.pk)
+        return Outcome("lease_lost")
+
+
+def _process_claimed(job: Job, worker_id: str) -> Outcome:
+    payment = Payment.objects.select_related("subscription").get(pk=job.payment_id)
+    subscription = payment.subscription
+
+    if payment.status == Payment.Status.COMPLETED:
+        settlement = Settlement(payment.transaction_hash, payment.block_number, reconciled=True)
+        job_services.job_complete(job=job, worker_id=worker_id, result=_result(payment, settlement))
+        return Outcome("completed")
+
+    if not subscription.auto_pay_enabled or subscription.status not in (
+        Subscription.Status.ACTIVE,
+        Subscription.Status.PAST_DUE,
+    ):
+        return _fail(
+            job,
+            payment,
+            worker_id,
+            errors.SubscriptionNotActive(
+                f"subscription is {subscription.status}"
+                + ("" if subscription.auto_pay_enabled else " with auto-pay off")
+            ),
+        )
+    job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_VALIDATED)
+
+    hooks = _Hooks(job, payment, worker_id)
+    try:
+        rail = get_rail()
+        if rail is None:
+            raise errors.RailNotConfigured(
+                "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
+            )
+        settlement = rail.reconcile(payment) or rail.pay(payment, hooks)
+    except errors.TransientPaymentError as error:
+        if hooks.lease_lost:
+            raise job_services.LeaseLost(str(job.pk)) from error
+        if job.attempts_made < job.max_attempts:
+            countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
+            job_services.job_delay(
+                job=job,
+                worker_id=worker_id,
+                countdown=countdown,
+                code=error.code,
+                message=error.message,
+            )
+            logger.warning(
+                "job %s attempt %d/%d: %s; retrying in %.1fs",
+                job.pk,
+                job.attempts_made,
+                job.max_attempts,
+                error.code,
+                countdown,
+            )
+            return Outcome("delayed", retry_in=countdown)
+        return _fail(job, payment, worker_id, error)
+    except errors.PermanentPaymentError as error:
+        if hooks.lease_lost:
+            raise job_services.LeaseLost(str(job.pk)) from error
+        return _fail(job, payment, worker_id, error)
+    except job_services.LeaseLost:
+        raise
+    except Exception as exc:
+        # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
+        # was broadcast the payment stays 'submitted' and the recovery sweep reconciles it.
+        logger.exception("job %s: unexpected error", job.pk)
+        internal = errors.PermanentPaymentError(
+            f"internal error: {type(exc).__name__}", code="internal_error"
+        )
+        payment.refresh_from_db()
+        if payment.status == Payment.Status.SUBMITTED:
+            job_services.job_fail(
+                job=job, worker_id=worker_id, code=internal.code, message=internal.message
+            )
+            return Outcome("failed")
+        return _fail(job, payment, worker_id, internal)
+    if hooks.lease_lost:
+        # Another worker owns the job now; it will reconcile this settlement by its nonce.
+        raise job_services.LeaseLost(str(job.pk))
+    return _record_success(job, payment, settlement, worker_id)

@@ -1,0 +1,102 @@
+"""Payment error taxonomy: every failure has a stable code and is either transient or permanent.
+
+Transient errors are retried by the job (attempts with exponential backoff); permanent errors
+fail the job at once. Codes are part of the API (jobs' and payments' ``error_code``).
+"""
+
+from __future__ import annotations
+
+
+class PaymentError(Exception):
+    """Base class. ``code`` is stable and machine-readable; the message is for humans."""
+
+    code = "payment_error"
+    transient = False
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        if code:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class TransientPaymentError(PaymentError):
+    """A temporary failure (RPC or facilitator unreachable, timeout, 5xx, nonce race)."""
+
+    code = "transient_error"
+    transient = True
+
+
+class PermanentPaymentError(PaymentError):
+    """A failure that retrying cannot fix."""
+
+    code = "permanent_error"
+
+
+class RpcUnavailable(TransientPaymentError):
+    """The chain's RPC endpoint could not be reached or timed out."""
+
+    code = "rpc_unavailable"
+
+
+class FacilitatorUnavailable(TransientPaymentError):
+    """The facilitator could not be reached, timed out or answered 5xx."""
+
+    code = "facilitator_unavailable"
+
+
+class NonceRace(TransientPaymentError):
+    """The relayer's transaction nonce was taken by another sender; retry with a fresh one."""
+
+    code = "relayer_nonce_conflict"
+
+
+class SettlementPending(TransientPaymentError):
+    """The settlement transaction is broadcast but not yet confirmed."""
+
+    code = "settlement_pending"
+
+
+class InsufficientBalance(PermanentPaymentError):
+    """The payer's token balance is lower than the amount due."""
+
+    code = "insufficient_balance"
+
+
+class InvalidSignature(PermanentPaymentError):
+    """The authorization's signature does not recover to the payer."""
+
+    code = "invalid_signature"
+
+
+class AuthorizationExpired(PermanentPaymentError):
+    """The authorization's validity window has passed."""
+
+    code = "authorization_expired"
+
+
+class SubscriptionNotActive(PermanentPaymentError):
+    """The subscription is no longer active or auto-pay is off."""
+
+    code = "subscription_not_active"
+
+
+class RailNotConfigured(PermanentPaymentError):
+    """No payment rail is configured; nothing was charged."""
+
+    code = "rail_not_configured"
+
+
+class SignerUnavailable(PermanentPaymentError):
+    """No signer can authorize payments for this payer (no wallet attached)."""
+
+    code = "signer_unavailable"
+
+
+class SettlementReverted(PermanentPaymentError):
+    """The settlement transaction was mined but reverted."""
+
+    code = "settlement_reverted"

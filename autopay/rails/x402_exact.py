@@ -1,0 +1,329 @@
+"""The x402 "exact" scheme on an EVM chain: EIP-3009 authorizations settled by a facilitator.
+
+What comes from the x402 SDK: the PaymentRequirements / PaymentPayload types, the exact-EVM
+facilitator (verify: signature recovery, window, recipient and amount checks and a simulation;
+settle: transferWithAuthorization and receipt check) and the HTTP facilitator client.
+What is ours, and why:
+- the authorization: the SDK client signs with a random nonce and a window starting now; we
+  derive the nonce from the payment (the chain then refuses a second charge) and back-date
+  validAfter a little so clock skew between us and the chain cannot reject it;
+- the relayer (autopay.chain.relayer): shared nonces, EIP-1559 fees, gas estimation;
+- reconciliation: before paying we ask the chain whether the nonce was used and, if so, find
+  the transaction instead of paying again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from eth_utils import to_checksum_address
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from autopay import errors
+from autopay.chain import client as chain
+from autopay.chain.relayer import SettlementContext, settlement_context
+from autopay.rails.base import PaymentHooks, Settlement
+from autopay.signers import TransferAuthorization, derive_authorization_nonce, signer_for_payer
+from subscriptions.models import Payment
+
+logger = logging.getLogger(__name__)
+
+# validAfter is set this far in the past: EIP-3009 needs validAfter < block.timestamp.
+VALID_AFTER_SKEW_SECONDS = 600
+
+
+class _NoPendingStore:
+    """The SDK's pending-settlement cache is per process; the Payment row is our durable one."""
+
+    def get(self, key: str) -> str | None:
+        return None
+
+    def set(self, key: str, tx_hash: str) -> None:
+        return None
+
+    def delete(self, key: str) -> None:
+        return None
+
+
+_PERMANENT_REASONS: dict[str, type[errors.PaymentError]] = {
+    "invalid_exact_evm_payload_signature": errors.InvalidSignature,
+    "invalid_exact_evm_payload_authorization_valid_before": errors.AuthorizationExpired,
+    "invalid_exact_evm_insufficient_balance": errors.InsufficientBalance,
+}
+_PERMANENT_CODES: dict[str, str] = {
+    "invalid_exact_evm_payload_authorization_valid_after": "authorization_not_yet_valid",
+    "invalid_exact_evm_token_name_mismatch": "token_misconfigured",
+    "invalid_exact_evm_token_version_mismatch": "token_misconfigured",
+    "invalid_exact_evm_eip3009_not_supported": "token_misconfigured",
+    "asset_not_deployed_contract": "token_misconfigured",
+    "missing_eip712_domain": "token_misconfigured",
+    "invalid_exact_evm_payload_recipient_mismatch": "invalid_authorization",
+    "invalid_exact_evm_payload_authorization_value_mismatch": "invalid_authorization",
+    "network_mismatch": "unsupported_network",
+    "invalid_exact_evm_failed_to_get_network_config": "unsupported_network",
+    "invalid_exact_evm_payload_undeployed_smart_wallet": "unsupported_payer_wallet",
+    "eip6492_factory_not_allowed": "unsupported_payer_wallet",
+    "invalid_exact_evm_transfer_event_mismatch": "settlement_mismatch",
+}
+
+
+class X402ExactRail:
+    name = "x402"
+
+    def __init__(
+        self,
+        *,
+        facilitator: Any,
+        chain_id: int,
+        network: str,
+        token_name: str,
+        token_version: str,
+        validity_seconds: int,
+        remote: bool,
+    ) -> None:
+        self._facilitator = facilitator
+        self._chain_id = chain_id
+        self._network = network
+        self._token_name = token_name
+        self._token_version = token_version
+        self._validity_seconds = validity_seconds
+        self._remote = remote
+
+    @classmethod
+    def from_settings(cls) -> X402ExactRail:
+        return cls(
+            facilitator=_facilitator_from_settings(),
+            chain_id=settings.CHAIN_ID,
+            network=settings.CHAIN_NETWORK,
+            token_name=settings.TOKEN_EIP712_NAME,
+            token_version=settings.TOKEN_EIP712_VERSION,
+            validity_seconds=settings.AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS,
+            remote=bool(settings.X402_FACILITATOR_URL),
+        )
+
+    # --- building blocks ------------------------------------------------------------------
+
+    def requirements(self, payment: Payment) -> PaymentRequirements:
+        return PaymentRequirements(
+            scheme="exact",
+            network=payment.network,
+            asset=to_checksum_address(payment.token_address),
+            amount=str(payment.amount_atomic),
+            pay_to=to_checksum_address(payment.recipient_address),
+            max_timeout_seconds=self._validity_seconds,
+            extra={"name": self._token_name, "version": self._token_version},
+        )
+
+    def nonce(self, payment: Payment) -> str:
+        return derive_authorization_nonce(
+            chain_id=self._chain_id,
+            token_address=payment.token_address,
+            payer=payment.payer_address,
+            subscription_id=payment.subscription_id,
+            period_start=int(payment.period_start.timestamp()),
+        )
+
+    def authorization(self, payment: Payment, *, now: int) -> TransferAuthorization:
+        return TransferAuthorization(
+            token_address=to_checksum_address(payment.token_address),
+            chain_id=self._chain_id,
+            token_name=self._token_name,
+            token_version=self._token_version,
+            payer=to_checksum_address(payment.payer_address),
+            recipient=to_checksum_address(payment.recipient_address),
+            value=payment.amount_atomic,
+            valid_after=now - VALID_AFTER_SKEW_SECONDS,
+            valid_before=now + self._validity_seconds,
+            nonce=payment.authorization_nonce or self.nonce(payment),
+        )
+
+    # --- PaymentRail ----------------------------------------------------------------------
+
+    def reconcile(self, payment: Payment) -> Settlement | None:
+        """Ask the chain whether this period was already paid (by a crashed or racing attempt)."""
+        if payment.network != self._network:
+            raise errors.PermanentPaymentError(
+                f"payment is on {payment.network}, this engine pays on {self._network}",
+                code="unsupported_network",
+            )
+        nonce = payment.authorization_nonce or self.nonce(payment)
+        if chain.authorization_used(payment.token_address, payment.payer_address, nonce):
+            found = chain.find_authorization_transaction(
+                payment.token_address, payment.payer_address, nonce
+            )
+            if found is None:
+                raise errors.PermanentPaymentError(
+                    "the payer canceled this period's authorization on-chain",
+                    code="authorization_canceled",
+                )
+            return Settlement(transaction_hash=found[0], block_number=found[1], reconciled=True)
+        if payment.transaction_hash and chain.transaction_known(payment.transaction_hash):
+            receipt = chain.transaction_receipt(payment.transaction_hash)
+            if receipt is None:
+                # Broadcast and still pending: wait for it instead of sending a second one.
+                raise errors.SettlementPending(
+                    f"transaction {payment.transaction_hash} is still pending"
+                )
+        return None
+
+    def pay(self, payment: Payment, hooks: PaymentHooks) -> Settlement:
+        now = int(time.time())
+        authorization = self.authorization(payment, now=now)
+        hooks.prepared(
+            nonce=authorization.nonce,
+            valid_after=authorization.valid_after,
+            valid_before=authorization.valid_before,
+            search_from_block=None,
+        )
+        signer = signer_for_payer(payment.payer_address)
+        signature = signer.sign(authorization)
+        hooks.progress(30)
+
+        requirements = self.requirements(payment)
+        payload = PaymentPayload(
+            x402_version=2,
+            payload={
+                "authorization": {
+                    "from": authorization.payer,
+                    "to": authorization.recipient,
+                    "value": str(authorization.value),
+                    "validAfter": str(authorization.valid_after),
+                    "validBefore": str(authorization.valid_before),
+                    "nonce": authorization.nonce,
+                },
+                "signature": signature,
+            },
+            accepted=requirements,
+        )
+        context = SettlementContext(
+            on_signed=hooks.signed_transaction, on_unsent=hooks.unsent_transaction
+        )
+        with settlement_context(context):
+            verified = self._call("verify", payload, requirements, context)
+            if not verified.is_valid:
+                return self._refused(
+                    payment, verified.invalid_reason, verified.invalid_message, context
+                )
+            if self._remote:
+                hooks.progress(50)
+            settled = self._call("settle", payload, requirements, context)
+        if settled.transaction and self._remote:
+            hooks.signed_transaction(settled.transaction)
+        if not settled.success:
+            return self._refused(payment, settled.error_reason, settled.error_message, context)
+        hooks.progress(80)
+        receipt = chain.transaction_receipt(settled.transaction)
+        block = int(receipt["blockNumber"]) if receipt else None
+        return Settlement(transaction_hash=settled.transaction, block_number=block)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        payload: PaymentPayload,
+        requirements: PaymentRequirements,
+        context: SettlementContext,
+    ) -> Any:
+        try:
+            return getattr(self._facilitator, method)(payload, requirements)
+        except errors.PaymentError:
+            raise
+        except Exception as exc:
+            if context.transport_error is not None or chain.is_transport_error(exc):
+                raise errors.RpcUnavailable(f"chain RPC unavailable during {method}") from exc
+            if self._remote:
+                raise _facilitator_error(method, exc) from exc
+            raise
+
+    def _refused(
+        self, payment: Payment, reason: str | None, message: str | None, context: SettlementContext
+    ) -> Settlement:
+        reason = reason or "unknown"
+        detail = f"{reason}: {message}" if message else reason
+        if context.transport_error is not None:
+            raise errors.RpcUnavailable(f"chain RPC unavailable ({reason})")
+        if reason == "invalid_exact_evm_nonce_already_used" or "authorization is used" in (
+            message or ""
+        ):
+            settlement = self.reconcile(payment)
+            if settlement is not None:
+                return settlement
+        if reason == "settlement_pending":
+            raise errors.SettlementPending(detail)
+        if reason in _PERMANENT_REASONS:
+            raise _PERMANENT_REASONS[reason](detail)
+        if reason in _PERMANENT_CODES:
+            raise errors.PermanentPaymentError(detail, code=_PERMANENT_CODES[reason])
+        text = (message or "").lower()
+        if "nonce" in text and ("too low" in text or "taken" in text or "underpriced" in text):
+            raise errors.NonceRace(detail)
+        if "transfer amount exceeds balance" in text:
+            raise errors.InsufficientBalance(detail)
+        if reason == "transaction_failed" and context.sent_hashes:
+            raise errors.SettlementReverted(detail)
+        if reason in ("invalid_exact_evm_transaction_simulation_failed", "transaction_failed"):
+            raise errors.PermanentPaymentError(detail, code="settlement_failed")
+        raise errors.PermanentPaymentError(detail, code="facilitator_rejected")
+
+
+def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:
+    text = str(exc)
+    if "failed (5" in text or "failed (429" in text:
+        return errors.FacilitatorUnavailable(f"facilitator {method} answered {text[:200]}")
+    import httpx
+
+    if isinstance(exc, httpx.HTTPError):
+        return errors.FacilitatorUnavailable(
+            f"facilitator {method} unreachable: {type(exc).__name__}"
+        )
+    return errors.PermanentPaymentError(
+        f"facilitator {method} refused: {text[:300]}", code="facilitator_rejected"
+    )
+
+
+class _InProcessFacilitator:
+    """The SDK's exact-EVM facilitator mechanism with our relayer, restricted to our network."""
+
+    def __init__(self) -> None:
+        from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme
+        from x402.mechanisms.evm.exact.facilitator import ExactEvmSchemeConfig
+
+        from autopay.chain.relayer import get_relayer
+
+        self._scheme = ExactEvmFacilitatorScheme(
+            get_relayer(),
+            ExactEvmSchemeConfig(simulate_in_settle=False),
+            pending_store=_NoPendingStore(),
+        )
+
+    def verify(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+        return self._scheme.verify(payload, requirements)
+
+    def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+        return self._scheme.settle(payload, requirements)
+
+
+def _facilitator_from_settings() -> Any:
+    if settings.X402_FACILITATOR_URL:
+        from x402.http import FacilitatorConfig, HTTPFacilitatorClientSync
+
+        config: dict[str, Any] = {"url": settings.X402_FACILITATOR_URL}
+        if settings.X402_FACILITATOR_AUTH_HEADER:
+            header = settings.X402_FACILITATOR_AUTH_HEADER
+            config["create_headers"] = lambda: {
+                "verify": {"Authorization": header},
+                "settle": {"Authorization": header},
+                "supported": {"Authorization": header},
+            }
+        return HTTPFacilitatorClientSync(
+            FacilitatorConfig(
+                url=settings.X402_FACILITATOR_URL, timeout=settings.X402_FACILITATOR_TIMEOUT_SECONDS
+            )
+            if not settings.X402_FACILITATOR_AUTH_HEADER
+            else config
+        )
+    return _InProcessFacilitator()

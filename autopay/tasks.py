@@ -1,0 +1,73 @@
+"""Celery tasks: thin shells that take ids, call the engine or a service, and log.
+
+Task names are stable: django-celery-beat rows store them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+
+from autopay import engine
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    bind=True,
+    name="autopay.process_autopay_job",
+    acks_late=True,
+    # The attempt budget lives in the job row (attempts_made / max_attempts), which survives
+    # redelivery and recovery; Celery's own counter would not, so it is not the limit here.
+    max_retries=None,
+)
+def process_autopay_job(self: Any, job_id: str) -> str:
+    """Claim and process one payment job; re-publish it after a backoff on transient errors."""
+    outcome = engine.process_job(job_id=job_id, worker_id=engine.worker_identity(self.request.id))
+    if outcome.retry_in is not None:
+        # The job row is already 'delayed' with next_attempt_at; this only schedules the message.
+        raise self.retry(countdown=outcome.retry_in)
+    return outcome.status
+
+
+@shared_task(bind=True, name="autopay.scan_due_subscriptions", acks_late=True, ignore_result=True)
+def scan_due_subscriptions(self: Any) -> dict[str, int]:
+    """Find due periods, create their payments and jobs in bulk, publish the jobs."""
+    from autopay.scheduler import scan_due
+
+    summary = scan_due()
+    logger.info("scan: %s", summary.as_dict())
+    return summary.as_dict()
+
+
+@shared_task(bind=True, name="autopay.recover_jobs", acks_late=True, ignore_result=True)
+def recover_jobs(self: Any) -> dict[str, int]:
+    """Take back jobs whose worker died, republish lost messages, reconcile stuck payments."""
+    from autopay.reconcile import payments_reconcile
+    from jobs.services import jobs_recover
+
+    recovered = jobs_recover()
+    reconciled = payments_reconcile()
+    summary = {
+        "leases_recovered": recovered.leases_recovered,
+        "republished": recovered.republished,
+        "failed": recovered.failed,
+        **reconciled,
+    }
+    if any(summary.values()):
+        logger.info("recovery: %s", summary)
+    return summary
+
+
+@shared_task(bind=True, name="autopay.purge_completed_jobs", acks_late=True, ignore_result=True)
+def purge_completed_jobs(self: Any) -> int:
+    """Delete completed jobs past the retention; failed jobs are kept."""
+    from jobs.services import jobs_purge_completed
+
+    deleted = jobs_purge_completed(older_than_days=settings.AUTOPAY_COMPLETED_JOB_RETENTION_DAYS)
+    if deleted:
+        logger.info("purged %d completed job(s)", deleted)
+    return deleted

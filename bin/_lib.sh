@@ -1,0 +1,103 @@
+# Shared set-up for bin/run and bin/test: a virtual environment, node packages, PostgreSQL and
+# Redis, each checked first and installed or started only when missing. Sourced, not run.
+# shellcheck shell=bash
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO_ROOT/.venv"
+PY="$VENV/bin/python"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || { echo "cannot install $*: no apt-get; install it by hand" >&2; return 1; }
+  if [ -z "${_APT_UPDATED:-}" ]; then as_root apt-get update -qq >/dev/null; _APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+find_python() {
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "Python 3.11+ is required" >&2; return 1
+}
+
+ensure_python_env() {
+  local stamp="$VENV/.installed-$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)"
+  if [ ! -x "$PY" ]; then
+    say "creating the virtual environment (.venv)"
+    "$(find_python)" -m venv "$VENV"
+  fi
+  if [ ! -f "$stamp" ]; then
+    say "installing Python dependencies"
+    "$PY" -m pip install -q --upgrade pip >/dev/null
+    "$PY" -m pip install -q -e "$REPO_ROOT[dev]"
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+  fi
+}
+
+ensure_node_modules() {
+  command -v npm >/dev/null || { say "installing Node.js"; apt_install nodejs npm; }
+  "$PY" -c 'from autopay.chain.anvil import ensure_node_modules; ensure_node_modules()'
+}
+
+postgres_up() {
+  "$PY" - <<'PY' 2>/dev/null
+import psycopg, sys
+try:
+    psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=2).close()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+ensure_postgres() {
+  postgres_up && return 0
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    say "installing PostgreSQL"
+    apt_install postgresql
+    # Local development: trust connections from this machine only.
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+      as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+    done
+  fi
+  say "starting PostgreSQL"
+  for version in $(ls /etc/postgresql); do
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || true
+  done
+  for _ in $(seq 1 30); do postgres_up && return 0; sleep 1; done
+  echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; return 1
+}
+
+ensure_database() {  # ensure_database NAME
+  "$PY" - "$1" <<'PY'
+import sys, psycopg
+name = sys.argv[1]
+with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        conn.execute(f'CREATE DATABASE "{name}"')
+PY
+}
+
+redis_up() {
+  "$PY" -c 'import redis,sys; redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()' 2>/dev/null
+}
+
+ensure_redis() {
+  redis_up && return 0
+  command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
+  say "starting Redis"
+  mkdir -p "$REPO_ROOT/var"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$REPO_ROOT/var" --logfile "$REPO_ROOT/var/redis.log"
+  for _ in $(seq 1 30); do redis_up && return 0; sleep 0.5; done
+  echo "Redis is not reachable on 127.0.0.1:6379" >&2; return 1
+}

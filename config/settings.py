@@ -1,0 +1,242 @@
+"""Django settings, all driven by the environment (twelve-factor).
+
+Every variable is documented in README.md ("Configuration"). Laptop-safe defaults apply where a
+wrong value cannot lose money; secrets have no default outside development.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if env.str("DJANGO_ENV_FILE", default=""):
+    environ.Env.read_env(env.str("DJANGO_ENV_FILE"))
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+_DEV_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production"
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it, or set DJANGO_DEBUG=true for local development."
+        )
+    SECRET_KEY = _DEV_SECRET_KEY
+
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "subscriptions",
+    "jobs",
+    "autopay",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite when DATABASE_URL is unset (laptop default); PostgreSQL through psycopg 3 when set.
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'autopay.sqlite3'}")
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite serialises writers; wait for the lock instead of failing, and let many readers in.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
+
+# Security headers that matter once behind TLS; off by default so that http://localhost works.
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST framework -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "auto-pay API",
+    "DESCRIPTION": "Recurring stablecoin subscriptions paid through the x402 exact scheme.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Served from the sidecar package: the docs page works with no internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Redis and Celery -----------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://localhost:6379")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+# Job state lives in PostgreSQL (jobs.Job); Celery's result backend is not used.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+# A message is acknowledged only after the task returns, so a killed worker's message is
+# redelivered; the job's lease and conditional claim make that redelivery harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Longer than any retry countdown (seconds): an ETA message is redelivered to another
+    # worker only after this long unacknowledged.
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+}
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="autopay")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- Auto-pay engine ------------------------------------------------------------------------
+AUTOPAY_JOB_MAX_ATTEMPTS = env.int("AUTOPAY_JOB_MAX_ATTEMPTS", default=3)
+AUTOPAY_RETRY_BACKOFF_SECONDS = env.float("AUTOPAY_RETRY_BACKOFF_SECONDS", default=2.0)
+AUTOPAY_JOB_LEASE_SECONDS = env.int("AUTOPAY_JOB_LEASE_SECONDS", default=180)
+AUTOPAY_STALE_WAITING_SECONDS = env.int("AUTOPAY_STALE_WAITING_SECONDS", default=600)
+AUTOPAY_RECOVERY_INTERVAL_SECONDS = env.int("AUTOPAY_RECOVERY_INTERVAL_SECONDS", default=60)
+AUTOPAY_SCAN_INTERVAL_MINUTES = env.int("AUTOPAY_SCAN_INTERVAL_MINUTES", default=5)
+AUTOPAY_SCAN_BATCH_SIZE = env.int("AUTOPAY_SCAN_BATCH_SIZE", default=1000)
+AUTOPAY_SCAN_MAX_PERIODS_PER_SUBSCRIPTION = env.int(
+    "AUTOPAY_SCAN_MAX_PERIODS_PER_SUBSCRIPTION", default=12
+)
+AUTOPAY_DUNNING_SCHEDULE_HOURS = [
+    float(hours)
+    for hours in env.list("AUTOPAY_DUNNING_SCHEDULE_HOURS", default=["1", "6", "24", "72"])
+]
+AUTOPAY_COMPLETED_JOB_RETENTION_DAYS = env.int("AUTOPAY_COMPLETED_JOB_RETENTION_DAYS", default=30)
+# "x402" pays on-chain through the x402 exact scheme; "none" fails every job honestly with
+# rail_not_configured (useful for an API-only deployment).
+AUTOPAY_PAYMENT_RAIL = env.str("AUTOPAY_PAYMENT_RAIL", default="x402")
+AUTOPAY_SUPPORTED_NETWORKS = env.list(
+    "AUTOPAY_SUPPORTED_NETWORKS",
+    default=["eip155:1", "eip155:8453", "eip155:84532", "eip155:11155111", "eip155:31337"],
+)
+AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS = env.int(
+    "AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS", default=3600
+)
+# Fernet key (urlsafe base64, 32 bytes) that encrypts payer wallet keys at rest.
+AUTOPAY_KEY_ENCRYPTION_KEY = env.str("AUTOPAY_KEY_ENCRYPTION_KEY", default="")
+
+# --- Chain ----------------------------------------------------------------------------------
+CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="http://127.0.0.1:8545")
+CHAIN_ID = env.int("CHAIN_ID", default=31337)
+CHAIN_NETWORK = env.str("CHAIN_NETWORK", default=f"eip155:{CHAIN_ID}")
+CHAIN_RPC_TIMEOUT_SECONDS = env.float("CHAIN_RPC_TIMEOUT_SECONDS", default=10.0)
+CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
+CHAIN_CONFIRMATION_TIMEOUT_SECONDS = env.float("CHAIN_CONFIRMATION_TIMEOUT_SECONDS", default=60.0)
+CHAIN_RECEIPT_POLL_SECONDS = env.float("CHAIN_RECEIPT_POLL_SECONDS", default=0.05)
+TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")
+TOKEN_DECIMALS = env.int("TOKEN_DECIMALS", default=6)
+TOKEN_EIP712_NAME = env.str("TOKEN_EIP712_NAME", default="USD Coin")
+TOKEN_EIP712_VERSION = env.str("TOKEN_EIP712_VERSION", default="2")
+# The gas-paying wallet of the in-process facilitator. No default: set it per environment.
+RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
+RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
+X402_FACILITATOR_URL = env.str("X402_FACILITATOR_URL", default="")
+X402_FACILITATOR_AUTH_HEADER = env.str("X402_FACILITATOR_AUTH_HEADER", default="")
+X402_FACILITATOR_TIMEOUT_SECONDS = env.float("X402_FACILITATOR_TIMEOUT_SECONDS", default=30.0)
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "filters": {"redact": {"()": "autopay.logging.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "web3": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+    },
+}
+
+AUTOPAY_HEALTH_TIMEOUT_SECONDS = env.float("AUTOPAY_HEALTH_TIMEOUT_SECONDS", default=2.0)

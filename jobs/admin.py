@@ -1,0 +1,56 @@
+"""Operator views of jobs: filter, inspect, and retry failed ones through the API's service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from jobs import services
+from jobs.models import Job
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "subscription",
+        "payment",
+        "source",
+        "status",
+        "progress",
+        "attempts_made",
+        "error_code",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status", "source", "error_code")
+    search_fields = (
+        "=id",
+        "=subscription__id",
+        "=payment__id",
+        "error",
+        "payment__transaction_hash",
+    )
+    list_select_related = ("subscription", "payment")
+    date_hierarchy = "created_at"
+    actions = ("retry_selected",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [field.name for field in Job._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Retry selected failed jobs")
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        retried = 0
+        for job in queryset.order_by("created_at"):
+            try:
+                services.job_retry(job=job)
+                retried += 1
+            except (services.JobNotRetryable, services.JobAlreadyOpen) as exc:
+                self.message_user(request, f"{job.pk}: {exc}", messages.WARNING)
+        self.message_user(request, f"{retried} job(s) queued for retry.", messages.SUCCESS)

@@ -1,0 +1,89 @@
+"""Job tracking: the durable truth about every payment job (Celery carries only the id)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting"
+        ACTIVE = "active", "Active"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        DELAYED = "delayed", "Delayed"
+
+    class Source(models.TextChoices):
+        SCHEDULER = "scheduler", "Scheduler"
+        MANUAL = "manual", "Manual trigger"
+        DUNNING = "dunning", "Dunning retry"
+        RETRY = "retry", "Operator retry"
+
+    OPEN_STATUSES = (Status.WAITING, Status.ACTIVE, Status.DELAYED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    subscription = models.ForeignKey(
+        "subscriptions.Subscription", on_delete=models.PROTECT, related_name="jobs"
+    )
+    payment = models.ForeignKey(
+        "subscriptions.Payment", on_delete=models.PROTECT, related_name="jobs"
+    )
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.SCHEDULER)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
+    progress = models.PositiveSmallIntegerField(default=0)
+    attempts_made = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    # Snapshot of the job's input in the baseline's shape (subscriptionId, userAddress, ...).
+    data = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    celery_task_id = models.CharField(max_length=64, blank=True, default="")
+    # Claim and lease: only the worker holding an unexpired lease may act on an active job.
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    recoveries = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            # At most one job in flight per payment: a second trigger, scan or retry is refused.
+            models.UniqueConstraint(
+                fields=["payment"],
+                condition=Q(status__in=["waiting", "active", "delayed"]),
+                name="job_one_open_per_payment",
+            ),
+            models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_max_100"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="job_status_idx"),
+            models.Index(fields=["subscription", "-created_at"], name="job_sub_idx"),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="job_lease_idx",
+                condition=Q(status="active"),
+            ),
+            models.Index(
+                fields=["enqueued_at"],
+                name="job_waiting_idx",
+                condition=Q(status__in=["waiting", "delayed"]),
+            ),
+            models.Index(fields=["status", "finished_at"], name="job_finished_idx"),
+            models.Index(fields=["error_code"], name="job_error_code_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in self.OPEN_STATUSES

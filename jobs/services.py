@@ -1,0 +1,269 @@
+"""Job state machine. Every transition is a conditional update, so that two workers, a
+redelivered message or a recovery sweep can never both act on one job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from autopay.queue import publish_jobs_on_commit
+from jobs.models import Job
+from subscriptions.models import Payment
+
+logger = logging.getLogger(__name__)
+
+
+class JobAlreadyOpen(Exception):
+    """The payment already has a job waiting, active or delayed."""
+
+
+class JobNotRetryable(Exception):
+    """The job cannot be retried (not failed, or its payment is already paid)."""
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the job's lease (recovered or finished elsewhere)."""
+
+
+def job_snapshot(payment: Payment) -> dict[str, Any]:
+    """The job's input in the baseline's shape."""
+    subscription = payment.subscription
+    return {
+        "subscriptionId": str(subscription.pk),
+        "paymentId": str(payment.pk),
+        "userAddress": payment.payer_address,
+        "amount": format(payment.amount.normalize(), "f"),
+        "recipientAddress": payment.recipient_address,
+        "serviceName": subscription.service_name,
+        "periodStart": payment.period_start.isoformat(),
+    }
+
+
+def job_create(*, payment: Payment, source: str, publish: bool = True) -> Job:
+    """Create a job for ``payment`` and publish it after commit.
+
+    Raises JobAlreadyOpen when the payment has an open job (the partial unique constraint
+    decides, not a read-then-write check).
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                subscription_id=payment.subscription_id,
+                payment=payment,
+                source=source,
+                max_attempts=settings.AUTOPAY_JOB_MAX_ATTEMPTS,
+                data=job_snapshot(payment),
+                enqueued_at=now,
+            )
+    except IntegrityError as exc:
+        raise JobAlreadyOpen(f"payment {payment.pk} already has a job in flight") from exc
+    if publish:
+        publish_jobs_on_commit([job.pk])
+    return job
+
+
+def job_claim(*, job_id: UUID | str, worker_id: str) -> Job | None:
+    """Move a waiting or delayed job to active for this worker, or return None.
+
+    Only one caller can win: the update is conditional on the job's current status, on its
+    retry time having come, and on attempts remaining.
+    """
+    now = timezone.now()
+    claimed = (
+        Job.objects.filter(pk=job_id, status__in=[Job.Status.WAITING, Job.Status.DELAYED])
+        .filter(attempts_made__lt=F("max_attempts"))
+        .filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+        )
+        .update(
+            status=Job.Status.ACTIVE,
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
+            attempts_made=F("attempts_made") + 1,
+            started_at=Coalesce(F("started_at"), now),
+            next_attempt_at=None,
+            updated_at=now,
+        )
+    )
+    if not claimed:
+        return None
+    return Job.objects.select_related("payment", "subscription").get(pk=job_id)
+
+
+def _held(job: Job, worker_id: str) -> Any:
+    return Job.objects.filter(pk=job.pk, status=Job.Status.ACTIVE, lease_owner=worker_id)
+
+
+def job_progress(*, job: Job, worker_id: str, progress: int) -> None:
+    """Record progress and extend the lease; raise LeaseLost if the job was taken back."""
+    now = timezone.now()
+    updated = _held(job, worker_id).update(
+        progress=progress,
+        lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
+        updated_at=now,
+    )
+    if not updated:
+        raise LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+    job.progress = progress
+
+
+def job_complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
+    now = timezone.now()
+    updated = _held(job, worker_id).update(
+        status=Job.Status.COMPLETED,
+        progress=100,
+        result=result,
+        error_code="",
+        error="",
+        finished_at=now,
+        lease_owner="",
+        lease_expires_at=None,
+        updated_at=now,
+    )
+    return bool(updated)
+
+
+def job_fail(*, job: Job, worker_id: str | None, code: str, message: str) -> bool:
+    """Fail the job for good (kept for debugging, as the baseline promised)."""
+    now = timezone.now()
+    queryset = (
+        _held(job, worker_id)
+        if worker_id is not None
+        else Job.objects.filter(pk=job.pk, status__in=Job.OPEN_STATUSES)
+    )
+    updated = queryset.update(
+        status=Job.Status.FAILED,
+        error_code=code,
+        error=message[:2000],
+        result={"success": False, "error": code, "message": message[:500]},
+        finished_at=now,
+        lease_owner="",
+        lease_expires_at=None,
+        next_attempt_at=None,
+        updated_at=now,
+    )
+    return bool(updated)
+
+
+def job_delay(*, job: Job, worker_id: str, countdown: float, code: str, message: str) -> bool:
+    """Park the job until its next attempt after a transient error."""
+    now = timezone.now()
+    updated = _held(job, worker_id).update(
+        status=Job.Status.DELAYED,
+        error_code=code,
+        error=message[:2000],
+        next_attempt_at=now + timedelta(seconds=countdown),
+        enqueued_at=now,
+        lease_owner="",
+        lease_expires_at=None,
+        updated_at=now,
+    )
+    return bool(updated)
+
+
+def retry_countdown(*, attempts_made: int) -> float:
+    """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default."""
+    base = settings.AUTOPAY_RETRY_BACKOFF_SECONDS
+    return float(base * (2 ** max(attempts_made - 1, 0)))
+
+
+def job_retry(*, job: Job) -> Job:
+    """Retry a failed job: a new job on the same payment, so the history stays visible."""
+    if job.status != Job.Status.FAILED:
+        raise JobNotRetryable(f"job {job.pk} is {job.status}; only failed jobs can be retried")
+    from subscriptions.services import payment_reopen
+
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=job.payment_id)
+        if payment.status == Payment.Status.COMPLETED:
+            raise JobNotRetryable(f"payment {payment.pk} is already completed")
+        payment_reopen(payment=payment)
+        return job_create(payment=payment, source=Job.Source.RETRY)
+
+
+@dataclass(frozen=True)
+class RecoverySummary:
+    leases_recovered: int
+    republished: int
+    failed: int
+
+
+def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoverySummary:
+    """Take back jobs whose worker died (lease expired) and republish lost messages.
+
+    A job recovered more than ``max_recoveries`` times fails with ``worker_lost`` so that a
+    job that kills its worker cannot loop forever; its payment is reconciled separately.
+    """
+    now = timezone.now()
+    recovered_ids: list[str] = []
+    failed = 0
+    expired = list(
+        Job.objects.filter(status=Job.Status.ACTIVE, lease_expires_at__lt=now)
+        .order_by("lease_expires_at")
+        .values_list("pk", "recoveries", "attempts_made")[:batch_size]
+    )
+    for job_id, recoveries, attempts_made in expired:
+        base = Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now)
+        if recoveries >= max_recoveries:
+            message = "worker lost the job too many times (killed or timed out)"
+            if base.update(
+                status=Job.Status.FAILED,
+                error_code="worker_lost",
+                error=message,
+                result={"success": False, "error": "worker_lost", "message": message},
+                finished_at=now,
+                lease_owner="",
+                lease_expires_at=None,
+                updated_at=now,
+            ):
+                failed += 1
+            continue
+        # The lost attempt is given back: a crash is not a payment failure.
+        if base.update(
+            status=Job.Status.WAITING,
+            lease_owner="",
+            lease_expires_at=None,
+            recoveries=F("recoveries") + 1,
+            attempts_made=F("attempts_made") - 1 if attempts_made > 0 else 0,
+            enqueued_at=now,
+            updated_at=now,
+        ):
+            recovered_ids.append(str(job_id))
+            logger.warning("recovered job %s from an expired lease", job_id)
+
+    stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
+    stale = list(
+        Job.objects.filter(
+            Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
+            | Q(status=Job.Status.DELAYED, next_attempt_at__lt=stale_before)
+        )
+        .order_by("enqueued_at")
+        .values_list("pk", flat=True)[:batch_size]
+    )
+    if stale:
+        Job.objects.filter(pk__in=stale).update(enqueued_at=now)
+    republish = recovered_ids + [str(job_id) for job_id in stale]
+    if republish:
+        from autopay.queue import publish_jobs
+
+        publish_jobs(republish)
+    return RecoverySummary(
+        leases_recovered=len(recovered_ids), republished=len(republish), failed=failed
+    )
+
+
+def jobs_purge_completed(*, older_than_days: int) -> int:
+    """Delete completed jobs older than the retention; failed jobs are always kept."""
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    deleted, _ = Job.objects.filter(status=Job.Status.COMPLETED, finished_at__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,156 @@
+"""Subscription and payment endpoints. Views validate, call a service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from config.api import error_response
+from subscriptions import selectors, services
+from subscriptions.api.serializers import (
+    PaymentOutputSerializer,
+    SubscriptionInputSerializer,
+    SubscriptionOutputSerializer,
+    SubscriptionUpdateSerializer,
+)
+from subscriptions.models import Payment, Subscription
+
+TriggerResponse = inline_serializer(
+    "TriggerPaymentResponse",
+    fields={
+        "success": serializers.BooleanField(),
+        "message": serializers.CharField(),
+        "data": inline_serializer(
+            "TriggerPaymentData",
+            fields={"jobId": serializers.CharField(), "subscriptionId": serializers.CharField()},
+        ),
+    },
+)
+ErrorResponse = inline_serializer(
+    "ErrorResponse",
+    fields={"success": serializers.BooleanField(), "error": serializers.CharField()},
+)
+
+
+class SubscriptionFilter(filters.FilterSet):
+    class Meta:
+        model = Subscription
+        fields = ("status", "auto_pay_enabled", "network")
+
+
+class SubscriptionViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = SubscriptionOutputSerializer
+    filterset_class = SubscriptionFilter
+
+    def get_queryset(self) -> QuerySet[Subscription]:
+        return selectors.subscription_list(user=self.request.user)
+
+    def _answer(
+        self, subscription: Subscription, http_status: int = status.HTTP_200_OK
+    ) -> Response:
+        return Response(SubscriptionOutputSerializer(subscription).data, status=http_status)
+
+    @extend_schema(
+        request=SubscriptionInputSerializer, responses={201: SubscriptionOutputSerializer}
+    )
+    def create(self, request: Request) -> Response:
+        serializer = SubscriptionInputSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        subscription = services.subscription_create(owner=request.user, **serializer.validated_data)
+        return self._answer(subscription, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=SubscriptionUpdateSerializer, responses={200: SubscriptionOutputSerializer}
+    )
+    def partial_update(self, request: Request, pk: Any = None) -> Response:
+        subscription = self.get_object()
+        serializer = SubscriptionUpdateSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        try:
+            subscription = services.subscription_update(
+                subscription=subscription, **serializer.validated_data
+            )
+        except services.SubscriptionStateError as exc:
+            return error_response(str(exc))
+        return self._answer(subscription)
+
+    @extend_schema(
+        request=SubscriptionUpdateSerializer, responses={200: SubscriptionOutputSerializer}
+    )
+    def update(self, request: Request, pk: Any = None) -> Response:
+        return self.partial_update(request, pk)
+
+    def _transition(self, service: Any) -> Response:
+        subscription = self.get_object()
+        try:
+            subscription = service(subscription=subscription)
+        except services.SubscriptionStateError as exc:
+            return error_response(str(exc))
+        return self._answer(subscription)
+
+    @extend_schema(request=None, responses={200: SubscriptionOutputSerializer, 400: ErrorResponse})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: Any = None) -> Response:
+        return self._transition(services.subscription_cancel)
+
+    @extend_schema(request=None, responses={200: SubscriptionOutputSerializer, 400: ErrorResponse})
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: Any = None) -> Response:
+        return self._transition(services.subscription_pause)
+
+    @extend_schema(request=None, responses={200: SubscriptionOutputSerializer, 400: ErrorResponse})
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: Any = None) -> Response:
+        return self._transition(services.subscription_resume)
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: TriggerResponse,
+            400: OpenApiResponse(ErrorResponse, description="Auto-pay off or not active"),
+            409: OpenApiResponse(ErrorResponse, description="Period in flight or paid"),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="trigger-payment")
+    def trigger_payment(self, request: Request, pk: Any = None) -> Response:
+        """Queue a payment job for the subscription's current due period."""
+        subscription = self.get_object()
+        try:
+            job = services.payment_trigger(subscription=subscription)
+        except services.SubscriptionStateError as exc:
+            return error_response(str(exc))
+        except services.PaymentConflict as exc:
+            return error_response(str(exc), status.HTTP_409_CONFLICT)
+        return Response(
+            {
+                "success": True,
+                "message": "Payment job queued successfully",
+                "data": {"jobId": str(job.pk), "subscriptionId": str(subscription.pk)},
+            },
+            status=status.HTTP_200_OK,
+        )
+
+
+class PaymentFilter(filters.FilterSet):
+    class Meta:
+        model = Payment
+        fields = ("subscription", "status")
+
+
+class PaymentViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = PaymentOutputSerializer
+    filterset_class = PaymentFilter
+
+    def get_queryset(self) -> QuerySet[Payment]:
+        return selectors.payment_list(user=self.request.user)

@@ -1,0 +1,179 @@
+"""Subscriptions and the payments that settle their billing periods."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from subscriptions import periods
+
+
+class Subscription(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAST_DUE = "past_due", "Past due (payment failed, retrying)"
+        UNPAID = "unpaid", "Unpaid (retries exhausted, auto-pay stopped)"
+        PAUSED = "paused", "Paused"
+        CANCELED = "canceled", "Canceled"
+
+    class IntervalUnit(models.TextChoices):
+        MINUTE = "minute", "Minute"
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+        WEEK = "week", "Week"
+        MONTH = "month", "Month"
+        YEAR = "year", "Year"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    service_name = models.CharField(max_length=200)
+    payer_address = models.CharField(max_length=42)
+    recipient_address = models.CharField(max_length=42)
+    wallet = models.ForeignKey(
+        "autopay.PayerWallet",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="subscriptions",
+        help_text="Server-held payer wallet that signs this subscription's authorizations.",
+    )
+    amount = models.DecimalField(
+        max_digits=36, decimal_places=18, validators=[MinValueValidator(Decimal("0"))]
+    )
+    token_address = models.CharField(max_length=42)
+    token_decimals = models.PositiveSmallIntegerField(default=6)
+    network = models.CharField(max_length=64, help_text="CAIP-2 chain id, e.g. eip155:8453")
+    interval_unit = models.CharField(
+        max_length=8, choices=IntervalUnit.choices, default=IntervalUnit.MONTH
+    )
+    interval_count = models.PositiveIntegerField(default=1)
+    billing_anchor = models.DateTimeField(help_text="Start of the first billing period.")
+    # Earliest period not yet paid: what the subscriber sees as "next payment due".
+    next_payment_index = models.PositiveIntegerField(default=0)
+    next_payment_due_at = models.DateTimeField()
+    # Scheduling cursor: the first period that has no Payment row yet (the scan's key).
+    next_period_index = models.PositiveIntegerField(default=0)
+    next_period_due_at = models.DateTimeField()
+    auto_pay_enabled = models.BooleanField(default=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Subscription-level retries (dunning) after a payment's job has failed.
+    dunning_attempts = models.PositiveSmallIntegerField(default=0)
+    dunning_next_retry_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes = [
+            # The scheduler's due query: active auto-pay subscriptions ordered by due time.
+            models.Index(
+                fields=["next_period_due_at", "id"],
+                name="sub_due_scan_idx",
+                condition=Q(status="active", auto_pay_enabled=True),
+            ),
+            models.Index(
+                fields=["dunning_next_retry_at", "id"],
+                name="sub_dunning_idx",
+                condition=Q(status="past_due", auto_pay_enabled=True),
+            ),
+            models.Index(fields=["owner", "-created_at"], name="sub_owner_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="sub_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(interval_count__gte=1), name="sub_interval_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service_name} #{self.pk} ({self.status})"
+
+    def period_start(self, index: int) -> datetime:
+        return periods.period_start(
+            anchor=self.billing_anchor,
+            unit=self.interval_unit,
+            count=self.interval_count,
+            index=index,
+        )
+
+    @property
+    def amount_atomic(self) -> int:
+        return to_atomic(self.amount, self.token_decimals)
+
+
+def to_atomic(amount: Decimal, decimals: int) -> int:
+    """Exact conversion of a decimal token amount to integer atomic units."""
+    scaled = amount.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{amount} has more than {decimals} decimal places")
+    return int(scaled)
+
+
+class Payment(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        SUBMITTED = "submitted", "Submitted on-chain"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.PROTECT, related_name="payments"
+    )
+    period_index = models.PositiveIntegerField()
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    amount = models.DecimalField(max_digits=36, decimal_places=18)
+    # Snapshot of who pays whom, taken when the payment is created.
+    payer_address = models.CharField(max_length=42)
+    recipient_address = models.CharField(max_length=42)
+    token_address = models.CharField(max_length=42)
+    token_decimals = models.PositiveSmallIntegerField(default=6)
+    network = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    # EIP-3009 nonce derived from the payment's identity, so the chain refuses a second charge.
+    authorization_nonce = models.CharField(max_length=66, blank=True, default="")
+    valid_after = models.BigIntegerField(null=True, blank=True)
+    valid_before = models.BigIntegerField(null=True, blank=True)
+    transaction_hash = models.CharField(max_length=66, blank=True, default="", db_index=True)
+    block_number = models.BigIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-period_start", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"], name="payment_one_per_period"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["subscription", "-period_start"], name="payment_sub_idx"),
+            models.Index(fields=["status", "updated_at"], name="payment_status_idx"),
+            models.Index(fields=["created_at"], name="payment_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Payment #{self.pk} of subscription {self.subscription_id} ({self.status})"
+
+    @property
+    def amount_atomic(self) -> int:
+        return to_atomic(self.amount, self.token_decimals)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (self.Status.COMPLETED, self.Status.FAILED)

@@ -1,0 +1,57 @@
+"""Billing period arithmetic.
+
+Periods are counted from the subscription's anchor, never from the previous period, so that
+month ends do not drift (an anchor on the 31st gives the 28th or 29th in February and the 31st
+again in March).
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timedelta
+
+UNITS = ("minute", "hour", "day", "week", "month", "year")
+
+_FIXED = {
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Return ``moment`` moved by ``months`` calendar months, clamping the day of month."""
+    month_index = moment.month - 1 + months
+    year = moment.year + month_index // 12
+    month = month_index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def period_start(*, anchor: datetime, unit: str, count: int, index: int) -> datetime:
+    """Start of the ``index``-th billing period (index 0 starts at the anchor)."""
+    if unit in _FIXED:
+        return anchor + _FIXED[unit] * (count * index)
+    if unit == "month":
+        return add_months(anchor, count * index)
+    if unit == "year":
+        return add_months(anchor, 12 * count * index)
+    raise ValueError(f"unknown billing interval unit: {unit}")
+
+
+def period_index_at(*, anchor: datetime, unit: str, count: int, moment: datetime) -> int:
+    """Index of the period that contains ``moment`` (negative before the anchor)."""
+    if moment < anchor:
+        return -1
+    if unit in _FIXED:
+        return int((moment - anchor) // (_FIXED[unit] * count))
+    months_per_period = count * (12 if unit == "year" else 1)
+    months = (moment.year - anchor.year) * 12 + (moment.month - anchor.month)
+    index = max(months // months_per_period, 0)
+    # The calendar estimate can be one too high when the day of month has not come yet.
+    while index > 0 and period_start(anchor=anchor, unit=unit, count=count, index=index) > moment:
+        index -= 1
+    while period_start(anchor=anchor, unit=unit, count=count, index=index + 1) <= moment:
+        index += 1
+    return index

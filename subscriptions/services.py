@@ -1,0 +1,321 @@
+"""Business rules for subscriptions and payments (writes)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from subscriptions import periods
+from subscriptions.models import Payment, Subscription
+
+logger = logging.getLogger(__name__)
+
+
+class SubscriptionStateError(Exception):
+    """The subscription is in a state that does not allow the operation (HTTP 400)."""
+
+
+class PaymentConflict(Exception):
+    """The period's payment is already in flight or paid (HTTP 409)."""
+
+
+UPDATABLE_FIELDS = (
+    "service_name",
+    "recipient_address",
+    "amount",
+    "auto_pay_enabled",
+    "wallet",
+    "payer_address",
+)
+
+
+def subscription_create(
+    *,
+    owner: Any,
+    service_name: str,
+    payer_address: str,
+    recipient_address: str,
+    amount: Decimal,
+    token_address: str,
+    network: str,
+    interval_unit: str = Subscription.IntervalUnit.MONTH,
+    interval_count: int = 1,
+    billing_anchor: datetime | None = None,
+    auto_pay_enabled: bool = True,
+    wallet: Any = None,
+    token_decimals: int | None = None,
+) -> Subscription:
+    """Create a subscription whose first period starts at ``billing_anchor`` (default now)."""
+    anchor = billing_anchor or timezone.now()
+    subscription = Subscription(
+        owner=owner,
+        service_name=service_name,
+        payer_address=payer_address,
+        recipient_address=recipient_address,
+        amount=amount,
+        token_address=token_address,
+        token_decimals=settings.TOKEN_DECIMALS if token_decimals is None else token_decimals,
+        network=network,
+        interval_unit=interval_unit,
+        interval_count=interval_count,
+        billing_anchor=anchor,
+        next_payment_due_at=anchor,
+        next_period_index=0,
+        next_period_due_at=anchor,
+        auto_pay_enabled=auto_pay_enabled,
+        wallet=wallet,
+    )
+    subscription.save()
+    return subscription
+
+
+def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscription:
+    """Change what future payments use; payments already created keep their snapshot."""
+    unknown = set(changes) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"fields cannot be updated: {', '.join(sorted(unknown))}")
+    if subscription.status == Subscription.Status.CANCELED:
+        raise SubscriptionStateError("A canceled subscription cannot be changed.")
+    for field, value in changes.items():
+        setattr(subscription, field, value)
+    subscription.save(update_fields=[*changes, "updated_at"])
+    return subscription
+
+
+def subscription_pause(*, subscription: Subscription) -> Subscription:
+    if subscription.status == Subscription.Status.CANCELED:
+        raise SubscriptionStateError("A canceled subscription cannot be paused.")
+    if subscription.status == Subscription.Status.PAUSED:
+        return subscription
+    subscription.status = Subscription.Status.PAUSED
+    subscription.paused_at = timezone.now()
+    subscription.save(update_fields=["status", "paused_at", "updated_at"])
+    return subscription
+
+
+def subscription_resume(*, subscription: Subscription) -> Subscription:
+    """Resume a paused or unpaid subscription.
+
+    Periods that began while it was paused are not charged: the scheduling cursor moves to
+    the period that contains now. Failed payments still owed are retried at once through
+    the dunning path (the subscription comes back as past_due until they are paid).
+    """
+    if subscription.status == Subscription.Status.CANCELED:
+        raise SubscriptionStateError("A canceled subscription cannot be resumed.")
+    if subscription.status in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
+        return subscription
+    now = timezone.now()
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if subscription.status == Subscription.Status.PAUSED:
+            current = periods.period_index_at(
+                anchor=subscription.billing_anchor,
+                unit=subscription.interval_unit,
+                count=subscription.interval_count,
+                moment=now,
+            )
+            if current > subscription.next_period_index:
+                subscription.next_period_index = current
+                subscription.next_period_due_at = subscription.period_start(current)
+        owed = subscription.payments.filter(status=Payment.Status.FAILED).exists()
+        subscription.status = Subscription.Status.PAST_DUE if owed else Subscription.Status.ACTIVE
+        subscription.dunning_attempts = 0
+        subscription.dunning_next_retry_at = now if owed else None
+        subscription.paused_at = None
+        subscription.save()
+        _refresh_next_payment_due(subscription)
+    return subscription
+
+
+def subscription_cancel(*, subscription: Subscription) -> Subscription:
+    if subscription.status == Subscription.Status.CANCELED:
+        return subscription
+    subscription.status = Subscription.Status.CANCELED
+    subscription.canceled_at = timezone.now()
+    subscription.auto_pay_enabled = False
+    subscription.save(update_fields=["status", "canceled_at", "auto_pay_enabled", "updated_at"])
+    return subscription
+
+
+def _refresh_next_payment_due(subscription: Subscription) -> None:
+    """next_payment_due_at = start of the earliest period not yet paid."""
+    earliest_open = (
+        subscription.payments.exclude(status=Payment.Status.COMPLETED)
+        .order_by("period_start")
+        .values_list("period_start", flat=True)
+        .first()
+    )
+    due = earliest_open or subscription.next_period_due_at
+    if earliest_open and earliest_open > subscription.next_period_due_at:
+        due = subscription.next_period_due_at
+    if due != subscription.next_payment_due_at:
+        Subscription.objects.filter(pk=subscription.pk).update(
+            next_payment_due_at=due, updated_at=timezone.now()
+        )
+        subscription.next_payment_due_at = due
+
+
+def payment_build(*, subscription: Subscription, index: int) -> Payment:
+    """An unsaved Payment for the subscription's ``index``-th period."""
+    return Payment(
+        subscription=subscription,
+        period_index=index,
+        period_start=subscription.period_start(index),
+        period_end=subscription.period_start(index + 1),
+        amount=subscription.amount,
+        payer_address=subscription.payer_address,
+        recipient_address=subscription.recipient_address,
+        token_address=subscription.token_address,
+        token_decimals=subscription.token_decimals,
+        network=subscription.network,
+    )
+
+
+def payment_trigger(*, subscription: Subscription) -> Any:
+    """Manual trigger: create (or reuse) the payment of the current due period and a job.
+
+    Raises SubscriptionStateError (400) when auto-pay is off or the subscription cannot pay,
+    PaymentConflict (409) when that period's payment is in flight or already paid.
+    """
+    from jobs.models import Job
+    from jobs.services import JobAlreadyOpen, job_create
+
+    if not subscription.auto_pay_enabled:
+        raise SubscriptionStateError("Auto-pay is not enabled for this subscription.")
+    if subscription.status not in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
+        raise SubscriptionStateError(
+            f"Subscription is {subscription.status}; only active or past-due subscriptions "
+            "can be charged."
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        # Serialises triggers on one subscription; the scan never takes this lock and relies
+        # on the unique constraints instead.
+        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        payment = (
+            subscription.payments.select_for_update()
+            .exclude(status=Payment.Status.COMPLETED)
+            .filter(period_start__lte=now)
+            .order_by("period_start")
+            .first()
+        )
+        if payment is None:
+            if subscription.next_period_due_at > now:
+                raise PaymentConflict(
+                    "The current billing period is already paid; the next payment is due at "
+                    f"{subscription.next_payment_due_at.isoformat()}."
+                )
+            payment = _payment_insert_or_get(
+                subscription=subscription, index=subscription.next_period_index
+            )
+            _advance_cursor(subscription, past_index=payment.period_index)
+        if payment.status == Payment.Status.COMPLETED:
+            raise PaymentConflict("This period's payment is already completed.")
+        if payment.jobs.filter(status__in=Job.OPEN_STATUSES).exists():
+            raise PaymentConflict("This period's payment is already in flight.")
+        payment_reopen(payment=payment)
+        try:
+            job = job_create(payment=payment, source=Job.Source.MANUAL)
+        except JobAlreadyOpen as exc:
+            raise PaymentConflict("This period's payment is already in flight.") from exc
+        _refresh_next_payment_due(subscription)
+    return job
+
+
+def _payment_insert_or_get(*, subscription: Subscription, index: int) -> Payment:
+    candidate = payment_build(subscription=subscription, index=index)
+    try:
+        with transaction.atomic():
+            candidate.save()
+            return candidate
+    except IntegrityError:
+        return Payment.objects.select_for_update().get(
+            subscription=subscription, period_start=candidate.period_start
+        )
+
+
+def _advance_cursor(subscription: Subscription, *, past_index: int) -> None:
+    if subscription.next_period_index <= past_index:
+        subscription.next_period_index = past_index + 1
+        subscription.next_period_due_at = subscription.period_start(past_index + 1)
+        subscription.save(update_fields=["next_period_index", "next_period_due_at", "updated_at"])
+
+
+def payment_reopen(*, payment: Payment) -> None:
+    """A failed payment becomes pending again before a new job tries it."""
+    if payment.status == Payment.Status.FAILED:
+        payment.status = Payment.Status.PENDING
+        payment.error_code = ""
+        payment.error_message = ""
+        payment.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+
+
+def payment_record_success(
+    *, payment: Payment, transaction_hash: str, block_number: int | None
+) -> Payment:
+    """Record a confirmed settlement and move the subscription's next due time on."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if locked.status != Payment.Status.COMPLETED:
+            locked.status = Payment.Status.COMPLETED
+            locked.transaction_hash = transaction_hash
+            locked.block_number = block_number
+            locked.error_code = ""
+            locked.error_message = ""
+            locked.completed_at = now
+            locked.save()
+        subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
+        _advance_cursor(subscription, past_index=locked.period_index)
+        if (
+            subscription.status == Subscription.Status.PAST_DUE
+            and not subscription.payments.filter(status=Payment.Status.FAILED).exists()
+        ):
+            subscription.status = Subscription.Status.ACTIVE
+            subscription.dunning_attempts = 0
+            subscription.dunning_next_retry_at = None
+            subscription.save(
+                update_fields=["status", "dunning_attempts", "dunning_next_retry_at", "updated_at"]
+            )
+        _refresh_next_payment_due(subscription)
+    return locked
+
+
+def payment_record_failure(*, payment: Payment, code: str, message: str) -> Payment:
+    """Record a final failure and hand the subscription to the dunning schedule."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if locked.status == Payment.Status.COMPLETED:
+            return locked
+        locked.status = Payment.Status.FAILED
+        locked.error_code = code
+        locked.error_message = message[:2000]
+        locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+        subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
+        if code != "subscription_not_active" and subscription.status in (
+            Subscription.Status.ACTIVE,
+            Subscription.Status.PAST_DUE,
+        ):
+            schedule = settings.AUTOPAY_DUNNING_SCHEDULE_HOURS
+            if subscription.dunning_attempts < len(schedule):
+                delay = timedelta(hours=schedule[subscription.dunning_attempts])
+                subscription.status = Subscription.Status.PAST_DUE
+                subscription.dunning_next_retry_at = now + delay
+            else:
+                subscription.status = Subscription.Status.UNPAID
+                subscription.dunning_next_retry_at = None
+                logger.warning(
+                    "subscription %s is unpaid after %d retries; auto-pay stopped",
+                    subscription.pk,
+                    subscription.dunning_attempts,
+                )
+            subscription.save(update_fields=["status", "dunning_next_retry_at", "updated_at"])
+        _refresh_next_payment_due(subscription)
+    return locked

@@ -1,0 +1,262 @@
+"""Shared fixtures: API clients, the live chain wired into settings, real Celery workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.factories import UserFactory
+
+pytest_plugins = ["tests.chain.fixtures"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def user(db: Any) -> Any:
+    return UserFactory()
+
+
+@pytest.fixture
+def other_user(db: Any) -> Any:
+    return UserFactory()
+
+
+@pytest.fixture
+def staff_user(db: Any) -> Any:
+    return UserFactory(is_staff=True, is_superuser=True)
+
+
+def _client_for(user: Any) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def api(user: Any) -> APIClient:
+    return _client_for(user)
+
+
+@pytest.fixture
+def other_api(other_user: Any) -> APIClient:
+    return _client_for(other_user)
+
+
+@pytest.fixture
+def staff_api(staff_user: Any) -> APIClient:
+    return _client_for(staff_user)
+
+
+@pytest.fixture
+def anonymous_api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(django_settings.REDIS_URL)
+
+
+@pytest.fixture
+def clean_redis(redis_client: redis.Redis) -> redis.Redis:
+    """An empty test Redis database (queue, relayer nonces, locks)."""
+    redis_client.flushdb()
+    return redis_client
+
+
+# --- the live chain, wired into settings ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def relayer_key() -> str:
+    from autopay.chain.anvil import ANVIL_DEV_KEYS
+
+    return ANVIL_DEV_KEYS[1]
+
+
+@pytest.fixture(scope="session")
+def chain_env(anvil: Any, token_address: str, relayer_key: str) -> dict[str, str]:
+    """Environment that points the engine (in-process or in a worker) at the test chain."""
+    return {
+        "CHAIN_RPC_URL": anvil.rpc_url,
+        "CHAIN_ID": "31337",
+        "CHAIN_NETWORK": "eip155:31337",
+        "TOKEN_ADDRESS": token_address,
+        "RELAYER_PRIVATE_KEY": relayer_key,
+        "AUTOPAY_PAYMENT_RAIL": "x402",
+    }
+
+
+@pytest.fixture
+def engine_settings(settings: Any, chain_env: dict[str, str], clean_redis: Any) -> Any:
+    """Django settings of this process pointed at the live chain and token."""
+    settings.CHAIN_RPC_URL = chain_env["CHAIN_RPC_URL"]
+    settings.CHAIN_ID = 31337
+    settings.CHAIN_NETWORK = "eip155:31337"
+    settings.TOKEN_ADDRESS = chain_env["TOKEN_ADDRESS"]
+    settings.RELAYER_PRIVATE_KEY = chain_env["RELAYER_PRIVATE_KEY"]
+    settings.AUTOPAY_PAYMENT_RAIL = "x402"
+    from autopay.chain import relayer
+
+    relayer._relayers.clear()
+    return settings
+
+
+@pytest.fixture
+def funded_wallet(
+    engine_settings: Any, user: Any, w3: Any, token_address: str, deployer: Any
+) -> Callable[..., Any]:
+    """A server-held payer wallet of ``user`` with ``amount_atomic`` tokens on the chain."""
+    from autopay.chain.contracts import mint
+    from tests.factories import PayerWalletFactory
+
+    def make(amount_atomic: int = 1_000 * 10**6, owner: Any = None) -> Any:
+        wallet = PayerWalletFactory(owner=owner or user)
+        if amount_atomic:
+            mint(w3, token_address, deployer.key, str(wallet.address), amount_atomic)
+        return wallet
+
+    return make
+
+
+# --- real Celery workers ----------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess against the test database, Redis and chain."""
+
+    def __init__(self, env: dict[str, str], *, concurrency: int, name: str, log_path: Path) -> None:
+        self.env = env
+        self.concurrency = concurrency
+        self.name = name
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            django_settings.CELERY_TASK_DEFAULT_QUEUE,
+            "-c",
+            str(self.concurrency),
+            "--pool",
+            "prefork",
+            "-n",
+            f"{self.name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            if " ready." in self.log_path.read_text(errors="replace"):
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (parent and pool children) at once, like a crash."""
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def worker_env(transactional_db: Any, chain_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker: this process's settings, the test database's name."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    user = db["USER"] or "postgres"
+    host = db["HOST"] or "127.0.0.1"
+    database_url = f"postgres://{user}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {
+        **os.environ,
+        **chain_env,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture
+def start_worker(
+    worker_env: dict[str, str], clean_redis: Any, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes; all are stopped (or killed) after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, extra_env: dict[str, str] | None = None) -> WorkerProcess:
+        name = f"test-{uuid.uuid4().hex[:8]}"
+        worker = WorkerProcess(
+            {**worker_env, **(extra_env or {})},
+            concurrency=concurrency,
+            name=name,
+            log_path=tmp_path / f"{name}.log",
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
