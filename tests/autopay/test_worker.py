@@ -1,0 +1,333 @@
+"""Queue behaviour through real `celery worker` processes, real Redis, PostgreSQL and anvil:
+retries with backoff, duplicate delivery, racing workers, SIGKILL mid-settlement, and many
+workers sharing one relayer."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from web3 import Web3
+
+from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
+from autopay.chain.anvil import ANVIL_DEV_KEYS, AnvilProcess, free_port
+from autopay.chain.client import token_balance
+from autopay.chain.contracts import deploy_token, mint
+from autopay.queue import publish_jobs
+from jobs import services as job_services
+from jobs.models import Job
+from subscriptions import services
+from subscriptions.models import Payment, Subscription
+from tests.conftest import wait_for
+from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain, pytest.mark.worker]
+
+
+def _subscription(
+    wallet: Any, token_address: str, amount: str = "7.25", **extra: Any
+) -> Subscription:
+    return SubscriptionFactory.create(
+        owner=wallet.owner,
+        wallet=wallet,
+        payer_address=wallet.address,
+        recipient_address=new_address(),
+        token_address=token_address,
+        amount=Decimal(amount),
+        **extra,
+    )
+
+
+def _job_done(job: Job) -> Job | None:
+    job.refresh_from_db()
+    return job if job.status in (Job.Status.COMPLETED, Job.Status.FAILED) else None
+
+
+def _transfers_for(w3: Web3, token_address: str, payer: str) -> int:
+    """How many EIP-3009 authorizations of ``payer`` were used on-chain."""
+    logs = w3.eth.get_logs(
+        {
+            "address": Web3.to_checksum_address(token_address),
+            "fromBlock": 0,
+            "toBlock": "latest",
+            "topics": [AUTHORIZATION_USED_TOPIC, "0x" + "0" * 24 + payer[2:].lower()],
+        }
+    )
+    return len(logs)
+
+
+def test_worker_pays_with_exact_balance_deltas(
+    start_worker: Any, funded_wallet: Any, token_address: str, w3: Web3
+) -> None:
+    wallet = funded_wallet(100 * 10**6)
+    subscription = _subscription(wallet, token_address, amount="7.25")
+    start_worker()
+
+    job = services.payment_trigger(subscription=subscription)
+    wait_for(lambda: _job_done(job), timeout=60)
+
+    assert job.status == Job.Status.COMPLETED, job.error
+    assert job.progress == 100 and job.attempts_made == 1
+    assert job.result["amount"] == "7.25"
+    assert token_balance(token_address, wallet.address) == 100 * 10**6 - 7_250_000
+    assert token_balance(token_address, subscription.recipient_address) == 7_250_000
+    assert _transfers_for(w3, token_address, wallet.address) == 1
+
+
+def test_insufficient_balance_fails_at_once_with_its_code(
+    start_worker: Any, funded_wallet: Any, token_address: str
+) -> None:
+    wallet = funded_wallet(1 * 10**6)
+    subscription = _subscription(wallet, token_address, amount="5")
+    start_worker()
+
+    job = services.payment_trigger(subscription=subscription)
+    wait_for(lambda: _job_done(job), timeout=60)
+
+    assert job.status == Job.Status.FAILED
+    assert job.error_code == "insufficient_balance"
+    assert job.attempts_made == 1, "a permanent error is not retried"
+    assert job.result == {
+        "success": False,
+        "error": "insufficient_balance",
+        "message": job.error[:500],
+    }
+    assert Payment.objects.get(pk=job.payment_id).status == Payment.Status.FAILED
+    assert token_balance(token_address, wallet.address) == 1 * 10**6
+
+
+def test_same_message_delivered_twice_charges_once(
+    start_worker: Any, funded_wallet: Any, token_address: str, w3: Web3
+) -> None:
+    wallet = funded_wallet(50 * 10**6)
+    subscription = _subscription(wallet, token_address, amount="3")
+    start_worker(concurrency=2)
+
+    job = services.payment_trigger(subscription=subscription)
+    publish_jobs([job.pk, job.pk, job.pk])  # redelivery on top of the trigger's own message
+    wait_for(lambda: _job_done(job), timeout=60)
+    time.sleep(1.0)  # let the duplicates land
+
+    job.refresh_from_db()
+    assert job.status == Job.Status.COMPLETED
+    assert job.attempts_made == 1
+    assert Job.objects.filter(payment=job.payment).count() == 1
+    assert token_balance(token_address, wallet.address) == 47 * 10**6
+    assert _transfers_for(w3, token_address, wallet.address) == 1
+
+
+def test_two_workers_racing_for_one_job_charge_once(
+    start_worker: Any, funded_wallet: Any, token_address: str, w3: Web3
+) -> None:
+    wallet = funded_wallet(50 * 10**6)
+    subscriptions = [_subscription(wallet, token_address, amount="1") for _ in range(5)]
+    start_worker()
+    start_worker()
+
+    jobs = []
+    for subscription in subscriptions:
+        job = services.payment_trigger(subscription=subscription)
+        publish_jobs([job.pk])  # a second message for the same job, for the other worker
+        jobs.append(job)
+    for job in jobs:
+        wait_for(lambda job=job: _job_done(job), timeout=60)
+    time.sleep(1.0)
+
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.status == Job.Status.COMPLETED
+        assert job.attempts_made == 1
+    assert token_balance(token_address, wallet.address) == 45 * 10**6
+    assert _transfers_for(w3, token_address, wallet.address) == 5
+
+
+@pytest.fixture
+def own_chain(tmp_path: Any) -> Any:
+    """A chain of this test's own, so that it can be stopped and restarted with its state."""
+    port = free_port()
+    state = tmp_path / "anvil-state.json"
+    node = AnvilProcess(port=port, state_file=state).start()
+    holder = {"node": node}
+
+    def restart() -> AnvilProcess:
+        holder["node"] = AnvilProcess(port=port, state_file=state).start()
+        return holder["node"]
+
+    yield node, restart
+    holder["node"].stop()
+
+
+def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
+    start_worker: Any, user: Any, own_chain: Any, settings: Any
+) -> None:
+    node, restart = own_chain
+    w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
+    token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
+    wallet = PayerWalletFactory(owner=user)
+    mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
+    subscription = _subscription(wallet, token_address, amount="2")
+    chain = {
+        "CHAIN_RPC_URL": node.rpc_url,
+        "TOKEN_ADDRESS": token_address,
+        "CHAIN_RPC_TIMEOUT_SECONDS": "2",
+    }
+    start_worker(extra_env=chain)
+
+    node.stop()  # the chain goes down (its state is saved)
+    started = time.monotonic()
+    job = services.payment_trigger(subscription=subscription)
+    wait_for(lambda: _job_done(job), timeout=90)
+    elapsed = time.monotonic() - started
+
+    assert job.status == Job.Status.FAILED
+    assert job.error_code == "rpc_unavailable"
+    assert job.attempts_made == 3
+    assert elapsed >= 6.0, f"backoff of 2 s then 4 s expected, took {elapsed:.1f}s"
+
+    restart()  # the chain comes back with its state
+    settings.CHAIN_RPC_URL = node.rpc_url
+    settings.TOKEN_ADDRESS = token_address
+    retry = job_services.job_retry(job=job)
+    wait_for(lambda: _job_done(retry), timeout=60)
+    assert retry.status == Job.Status.COMPLETED, retry.error
+    assert token_balance(token_address, wallet.address, w3=w3) == 18 * 10**6
+    assert _transfers_for(w3, token_address, str(wallet.address)) == 1
+
+
+def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
+    start_worker: Any, user: Any, tmp_path: Any
+) -> None:
+    # 3-second blocks leave the worker waiting for its receipt long enough to be killed.
+    node = AnvilProcess(port=free_port(), block_time=3).start()
+    try:
+        w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
+        token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
+        wallet = PayerWalletFactory(owner=user)
+        mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
+        subscription = _subscription(wallet, token_address, amount="4")
+        env = {
+            "CHAIN_RPC_URL": node.rpc_url,
+            "TOKEN_ADDRESS": token_address,
+            "AUTOPAY_JOB_LEASE_SECONDS": "3",
+        }
+        first = start_worker(extra_env=env)
+
+        job = services.payment_trigger(subscription=subscription)
+        wait_for(
+            lambda: Payment.objects.filter(
+                pk=job.payment_id, status=Payment.Status.SUBMITTED
+            ).exists(),
+            timeout=60,
+            interval=0.02,
+        )
+        first.kill()  # after broadcasting, before recording
+        job.refresh_from_db()
+        assert job.status == Job.Status.ACTIVE
+
+        start_worker(extra_env=env)
+        time.sleep(3.5)  # the dead worker's lease expires
+        summary = job_services.jobs_recover()
+        assert summary.leases_recovered == 1
+        wait_for(lambda: _job_done(job), timeout=60)
+
+        assert job.status == Job.Status.COMPLETED, job.error
+        payment = Payment.objects.get(pk=job.payment_id)
+        assert payment.status == Payment.Status.COMPLETED
+        assert token_balance(token_address, wallet.address, w3=w3) == 16 * 10**6
+        assert _transfers_for(w3, token_address, str(wallet.address)) == 1
+    finally:
+        node.stop()
+
+
+def test_four_workers_settle_200_payments_without_nonce_failures(
+    start_worker: Any, user: Any, w3: Web3, token_address: str, deployer: Any, engine_settings: Any
+) -> None:
+    wallets = [PayerWalletFactory(owner=user) for _ in range(20)]
+    for wallet in wallets:
+        mint(w3, token_address, deployer.key, str(wallet.address), 100 * 10**6)
+    subscriptions = [
+        _subscription(wallets[index % 20], token_address, amount="0.5") for index in range(200)
+    ]
+    for _ in range(4):
+        start_worker()
+
+    from autopay.scheduler import scan_due
+
+    summary = scan_due()
+    assert summary.jobs_created == 200
+
+    def all_done() -> bool:
+        return not Job.objects.filter(status__in=Job.OPEN_STATUSES).exists()
+
+    wait_for(all_done, timeout=240, interval=0.5)
+    failed = list(Job.objects.filter(status=Job.Status.FAILED).values_list("error_code", "error"))
+    assert failed == []
+    assert Job.objects.filter(status=Job.Status.COMPLETED).count() == 200
+    for wallet in wallets:
+        assert token_balance(token_address, wallet.address) == 95 * 10**6
+    assert (
+        sum(token_balance(token_address, s.recipient_address) for s in subscriptions) == 100 * 10**6
+    )
+    assert Subscription.objects.filter(next_payment_due_at__gt=timezone.now()).count() == 200
+
+
+def test_no_private_key_in_api_admin_or_logs(
+    start_worker: Any,
+    api: Any,
+    staff_user: Any,
+    client: Any,
+    engine_settings: Any,
+    w3: Web3,
+    token_address: str,
+    deployer: Any,
+    relayer_key: str,
+) -> None:
+    from autopay.custody import decrypt_private_key
+    from autopay.models import PayerWallet
+
+    created = api.post("/api/wallets/", {"label": "main"}, format="json")
+    assert created.status_code == 201
+    wallet = PayerWallet.objects.get(address=created.json()["address"])
+    mint(w3, token_address, deployer.key, wallet.address, 10 * 10**6)
+    key_hex = decrypt_private_key(wallet.encrypted_private_key).hex()
+    secrets = [key_hex, wallet.encrypted_private_key, relayer_key.removeprefix("0x")]
+
+    response = api.post(
+        "/api/subscriptions/",
+        {
+            "service_name": "Secret test",
+            "wallet": wallet.pk,
+            "recipient_address": new_address(),
+            "amount": "1.5",
+            "token_address": token_address,
+            "network": "eip155:31337",
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    worker = start_worker(extra_env={"LOG_LEVEL": "DEBUG"})
+    trigger = api.post(f"/api/subscriptions/{response.json()['id']}/trigger-payment")
+    job_id = trigger.json()["data"]["jobId"]
+    wait_for(
+        lambda: api.get(f"/api/jobs/{job_id}").json()["data"]["status"] == "completed", timeout=60
+    )
+
+    client.force_login(staff_user)
+    pages = [
+        api.get("/api/wallets/").content,
+        api.get(f"/api/wallets/{wallet.pk}/").content,
+        api.get(f"/api/jobs/{job_id}").content,
+        api.get("/api/payments/").content,
+        client.get("/admin/autopay/payerwallet/").content,
+        client.get(f"/admin/autopay/payerwallet/{wallet.pk}/change/").content,
+        client.get("/admin/jobs/job/").content,
+        client.get("/admin/subscriptions/payment/").content,
+    ]
+    log = worker.log()
+    assert "completed" in log  # the log is really captured
+    for secret in secrets:
+        for text in [*pages, log.encode()]:
+            assert secret.lower().encode() not in text.lower()
