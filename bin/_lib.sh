@@ -37,8 +37,13 @@ ensure_python_env() {
   fi
   if [ ! -f "$stamp" ]; then
     say "installing Python dependencies"
-    "$PY" -m pip install -q --upgrade pip >/dev/null
-    "$PY" -m pip install -q -e "$REPO_ROOT[dev]"
+    mkdir -p "$REPO_ROOT/var"
+    if ! { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q -e "$REPO_ROOT[dev,local]"; } \
+      >"$REPO_ROOT/var/pip-install.log" 2>&1; then
+      tail -30 "$REPO_ROOT/var/pip-install.log" >&2
+      echo "installing Python dependencies failed (full log: var/pip-install.log)" >&2
+      return 1
+    fi
     rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi

@@ -145,6 +145,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- Redis and Celery -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://localhost:6379")
+# How bin/run found Redis: "external" (REDIS_URL or a server on 6379) or "embedded".
+AUTOPAY_REDIS_MODE = env.str("AUTOPAY_REDIS_MODE", default="external")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 # Job state lives in PostgreSQL (jobs.Job); Celery's result backend is not used.
 CELERY_RESULT_BACKEND = None
@@ -212,6 +214,8 @@ TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")
 TOKEN_DECIMALS = env.int("TOKEN_DECIMALS", default=6)
 TOKEN_EIP712_NAME = env.str("TOKEN_EIP712_NAME", default="USD Coin")
 TOKEN_EIP712_VERSION = env.str("TOKEN_EIP712_VERSION", default="2")
+# Deploys and mints the development token (management commands); unused in production.
+TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
 RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)

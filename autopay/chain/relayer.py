@@ -79,6 +79,11 @@ def _note_transport(exc: BaseException) -> None:
         context.transport_error = exc
 
 
+def _revert_text(exc: ContractLogicError) -> str:
+    message = str(exc.message or exc)
+    return message if "revert" in message else f"execution reverted: {message}"
+
+
 class Relayer:
     """Sends settlement transactions for the in-process facilitator."""
 
@@ -143,7 +148,7 @@ class Relayer:
         try:
             return self._rpc(call.call, {"from": self.address})
         except ContractLogicError as exc:
-            raise RevertedCall(f"execution reverted: {exc.message or exc}") from exc
+            raise RevertedCall(_revert_text(exc)) from exc
 
     def get_code(self, address: str) -> bytes:
         return bytes(self._rpc(self._w3.eth.get_code, to_checksum_address(address)))
@@ -228,7 +233,7 @@ class Relayer:
             gas = int(self._rpc(self._w3.eth.estimate_gas, request))
         except ContractLogicError as exc:
             # Simulation failed: nothing is broadcast.
-            raise RevertedCall(f"execution reverted: {exc.message or exc}") from exc
+            raise RevertedCall(_revert_text(exc)) from exc
         max_fee, priority = self._fees()
         gas_limit = gas + gas // 5 + 5_000
         for attempt in range(attempts):

@@ -1,0 +1,105 @@
+"""Demo data for the local system: an operator, funded payer wallets and due subscriptions.
+
+Idempotent: running it again reuses what the last run created, tops wallets up, and queues
+only periods that are due and not already paid or in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
+
+from autopay.chain.client import get_web3, token_balance
+from autopay.chain.contracts import mint
+from autopay.management.commands._chain import minter_key
+from autopay.models import PayerWallet
+from autopay.wallets import wallet_create
+from subscriptions import services
+from subscriptions.models import Subscription
+
+DEMO_SUBSCRIPTIONS = [
+    # service, amount, unit, count, wallet label
+    ("Demo Cloud Storage", "9.99", "month", 1, "demo payer (funded)"),
+    ("Demo News Pro", "4.5", "minute", 5, "demo payer (funded)"),
+    ("Demo Video Plus", "15", "month", 1, "demo payer (funded)"),
+    ("Demo Gym (low balance)", "250", "month", 1, "demo payer (low balance)"),
+]
+FUNDING = {"demo payer (funded)": Decimal("1000"), "demo payer (low balance)": Decimal("20")}
+# The demo services are paid to anvil's dev account 9 (a public test address).
+DEMO_RECIPIENT = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
+
+
+class Command(BaseCommand):
+    help = "Create the demo operator, funded payer wallets and due subscriptions."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--username", default="operator")
+        parser.add_argument("--password", required=True)
+        parser.add_argument("--json", action="store_true", help="print credentials as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.TOKEN_ADDRESS:
+            raise CommandError("TOKEN_ADDRESS is not set; deploy the token first.")
+        user_model = get_user_model()
+        operator, _ = user_model.objects.get_or_create(
+            username=options["username"], defaults={"email": "operator@example.test"}
+        )
+        operator.is_staff = operator.is_superuser = True
+        operator.set_password(options["password"])
+        operator.save()
+        token, _ = Token.objects.get_or_create(user=operator)
+
+        w3 = get_web3()
+        key = minter_key(None)
+        wallets: dict[str, PayerWallet] = {}
+        for label, target in FUNDING.items():
+            wallet = PayerWallet.objects.filter(owner=operator, label=label).first()
+            wallet = wallet or wallet_create(owner=operator, label=label)
+            wallets[label] = wallet
+            target_atomic = int(target.scaleb(settings.TOKEN_DECIMALS))
+            balance = token_balance(settings.TOKEN_ADDRESS, wallet.address)
+            if balance < target_atomic:
+                mint(w3, settings.TOKEN_ADDRESS, key, wallet.address, target_atomic - balance)
+
+        queued = []
+        for service, amount, unit, count, label in DEMO_SUBSCRIPTIONS:
+            wallet = wallets[label]
+            subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+            if subscription is None:
+                subscription = services.subscription_create(
+                    owner=operator,
+                    service_name=service,
+                    payer_address=wallet.address,
+                    recipient_address=DEMO_RECIPIENT,
+                    amount=Decimal(amount),
+                    token_address=settings.TOKEN_ADDRESS,
+                    network=settings.CHAIN_NETWORK,
+                    interval_unit=unit,
+                    interval_count=count,
+                    wallet=wallet,
+                )
+            if subscription.token_address != settings.TOKEN_ADDRESS:
+                continue  # made against an earlier chain; left as history
+            try:
+                job = services.payment_trigger(subscription=subscription)
+                queued.append(str(job.pk))
+            except (services.PaymentConflict, services.SubscriptionStateError):
+                pass
+        result = {
+            "username": operator.username,
+            "password": options["password"],
+            "token": token.key,
+            "wallets": {label: wallet.address for label, wallet in wallets.items()},
+            "queued_jobs": queued,
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(result))
+        else:
+            for field, value in result.items():
+                self.stdout.write(f"{field}: {value}")
