@@ -34,6 +34,5 @@ class Command(BaseCommand):
                 raise CommandError(f"{address!r} is not an address") from exc
         atomic = parse_amount(options["amount"])
         tx_hash = mint(get_web3(), token, minter_key(options["key"]), address, atomic)
-        self.stdout.write(
-            f"minted {format_amount(atomic)} to {address} in 0x{bytes(tx_hash).hex().removeprefix('0x')}"
-        )
+        tx_hex = "0x" + bytes(tx_hash).hex().removeprefix("0x")
+        self.stdout.write(f"minted {format_amount(atomic)} to {address} in {tx_hex}")
