@@ -38,7 +38,10 @@ def scan_due_subscriptions(self: Any) -> dict[str, int]:
     """Find due periods, create their payments and jobs in bulk, publish the jobs."""
     from autopay.scheduler import scan_due
 
+    from autopay.metrics import record_scan
+
     summary = scan_due()
+    record_scan(summary.seconds, summary.subscriptions, summary.jobs_created)
     logger.info("scan: %s", summary.as_dict())
     return summary.as_dict()
 

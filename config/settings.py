@@ -52,6 +52,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (admin, dashboard, API docs) under gunicorn, no CDN.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -110,11 +112,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
+try:  # WhiteNoise warns about a missing directory before the first collectstatic.
+    Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass
 
 # Security headers that matter once behind TLS; off by default so that http://localhost works.
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Probes and scrapers inside the network talk plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
@@ -244,3 +252,5 @@ LOGGING = {
 }
 
 AUTOPAY_HEALTH_TIMEOUT_SECONDS = env.float("AUTOPAY_HEALTH_TIMEOUT_SECONDS", default=2.0)
+# When set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -10,6 +10,7 @@ from jobs.api.analytics import AnalyticsView
 urlpatterns = [
     path("health", health, name="health"),
     path("health/", health),
+    path("metrics", include("autopay.metrics")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

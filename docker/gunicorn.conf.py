@@ -1,0 +1,34 @@
+"""Gunicorn settings of the web role, overridable from the environment.
+
+WEB_CONCURRENCY     worker processes (default 2 x CPUs + 1, at most 8)
+WEB_THREADS         threads per worker (default 2; requests mostly wait on PostgreSQL)
+GUNICORN_TIMEOUT    seconds before a silent worker is killed and replaced (default 60)
+PORT                listening port (default 8000)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+bind = f"0.0.0.0:{_int('PORT', 8000)}"
+workers = _int("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_count() + 1, 8))
+threads = _int("WEB_THREADS", 2)
+worker_class = "gthread"
+timeout = _int("GUNICORN_TIMEOUT", 60)
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = 5
+# Recycle workers now and then so that a slow leak cannot grow without bound.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 1000)
+max_requests_jitter = max_requests // 10
+# Heartbeat files in memory: a container's overlay filesystem can stall them.
+worker_tmp_dir = "/dev/shm"  # noqa: S108  (per-container tmpfs, not shared)
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
