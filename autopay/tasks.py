@@ -36,9 +36,8 @@ def process_autopay_job(self: Any, job_id: str) -> str:
 @shared_task(bind=True, name="autopay.scan_due_subscriptions", acks_late=True, ignore_result=True)
 def scan_due_subscriptions(self: Any) -> dict[str, int]:
     """Find due periods, create their payments and jobs in bulk, publish the jobs."""
-    from autopay.scheduler import scan_due
-
     from autopay.metrics import record_scan
+    from autopay.scheduler import scan_due
 
     summary = scan_due()
     record_scan(summary.seconds, summary.subscriptions, summary.jobs_created)

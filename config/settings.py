@@ -6,6 +6,7 @@ wrong value cannot lose money; secrets have no default outside development.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import environ
@@ -112,10 +113,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
-try:  # WhiteNoise warns about a missing directory before the first collectstatic.
+# WhiteNoise warns about a missing directory before the first collectstatic.
+with contextlib.suppress(OSError):
     Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
-except OSError:
-    pass
 
 # Security headers that matter once behind TLS; off by default so that http://localhost works.
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
