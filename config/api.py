@@ -8,7 +8,21 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.routers import DefaultRouter
 from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class OptionalSlashRouter(DefaultRouter):
+    """Routes that answer with and without a trailing slash (the baseline had none).
+
+    DRF turns any ``trailing_slash`` argument into ``"/"`` or ``""``, so the optional slash is
+    set after initialisation; without it ``POST /api/subscriptions/1/trigger-payment`` (the
+    baseline's path) was redirected to the slashed URL, which clients follow as a GET.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trailing_slash = "/?"
 
 
 def _first_message(detail: Any) -> str:

@@ -44,6 +44,11 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Failed jobs are kept for debugging, and deleting an open job would strand its
+        # payment (no job left to process it); the purge task removes old completed jobs.
+        return False
+
     @admin.action(description="Retry selected failed jobs")
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         retried = 0

@@ -28,7 +28,7 @@ def broker_queue_length() -> int | None:
     from autopay.redis_client import get_redis
 
     try:
-        client = get_redis(timeout=1.0)
+        client = get_redis(timeout=1.0, url=settings.CELERY_BROKER_URL)
         return int(client.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
     except Exception:
         logger.warning("broker queue length unavailable", exc_info=True)

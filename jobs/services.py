@@ -181,7 +181,19 @@ def job_retry(*, job: Job) -> Job:
     """Retry a failed job: a new job on the same payment, so the history stays visible."""
     if job.status != Job.Status.FAILED:
         raise JobNotRetryable(f"job {job.pk} is {job.status}; only failed jobs can be retried")
+    from subscriptions.models import Subscription
     from subscriptions.services import payment_reopen
+
+    subscription = Subscription.objects.get(pk=job.subscription_id)
+    if not subscription.auto_pay_enabled or subscription.status not in (
+        Subscription.Status.ACTIVE,
+        Subscription.Status.PAST_DUE,
+    ):
+        raise JobNotRetryable(
+            f"subscription {subscription.pk} is {subscription.status}"
+            + ("" if subscription.auto_pay_enabled else " with auto-pay off")
+            + "; resume it before retrying"
+        )
 
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=job.payment_id)

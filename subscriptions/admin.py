@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from subscriptions import services
+from subscriptions import services, validators
 from subscriptions.models import Payment, Subscription
+
+# What an operator may change on an existing subscription: what the API may change. The
+# billing schedule (anchor, interval) and the token stay as they are, because changing them
+# under existing payments would move period boundaries (a period charged twice). The status
+# is read-only everywhere: it changes through the pause/resume actions, i.e. the services
+# (a status edited by hand would skip their rules, e.g. a resume that charges paused periods).
+FIXED_AFTER_CREATION = (
+    "owner",
+    "token_address",
+    "token_decimals",
+    "network",
+    "interval_unit",
+    "interval_count",
+    "billing_anchor",
+)
 
 
 class PaymentInline(admin.TabularInline):
@@ -23,8 +40,68 @@ class PaymentInline(admin.TabularInline):
     max_num = 0
 
 
+class SubscriptionAdminForm(forms.ModelForm):
+    """The API's validation, so that an operator cannot store what the API would refuse."""
+
+    class Meta:
+        model = Subscription
+        fields = (
+            "owner",
+            "service_name",
+            "payer_address",
+            "recipient_address",
+            "wallet",
+            "amount",
+            "token_address",
+            "token_decimals",
+            "network",
+            "interval_unit",
+            "interval_count",
+            "billing_anchor",
+            "auto_pay_enabled",
+        )
+
+    def _validated(self, field: str, validator: Any) -> Any:
+        value = self.cleaned_data.get(field)
+        if value:
+            validator(value)
+        return value
+
+    def clean_payer_address(self) -> Any:
+        return self._validated("payer_address", validators.validate_checksum_address)
+
+    def clean_recipient_address(self) -> Any:
+        return self._validated("recipient_address", validators.validate_checksum_address)
+
+    def clean_token_address(self) -> Any:
+        return self._validated("token_address", validators.validate_checksum_address)
+
+    def clean_network(self) -> Any:
+        return self._validated("network", validators.validate_network)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        amount = cleaned.get("amount")
+        decimals = cleaned.get("token_decimals", self.instance.token_decimals)
+        if amount is not None and decimals is not None:
+            try:
+                validators.validate_amount(amount, decimals=decimals)
+            except ValidationError as exc:
+                self.add_error("amount", exc)
+        wallet = cleaned.get("wallet")
+        if wallet is not None:
+            owner = cleaned.get("owner") or getattr(self.instance, "owner", None)
+            if owner is not None and wallet.owner_id != owner.pk:
+                self.add_error("wallet", "The wallet belongs to another user.")
+            payer = cleaned.get("payer_address", self.instance.payer_address)
+            if payer and payer != wallet.address:
+                self.add_error("payer_address", "Must equal the attached wallet's address.")
+        return cleaned
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
+    form = SubscriptionAdminForm
     list_display = (
         "id",
         "service_name",
@@ -40,6 +117,8 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_filter = ("status", "auto_pay_enabled", "interval_unit", "network")
     search_fields = ("=id", "service_name", "payer_address", "recipient_address", "owner__username")
     readonly_fields = (
+        "status",
+        "next_payment_index",
         "next_payment_due_at",
         "next_period_index",
         "next_period_due_at",
@@ -53,8 +132,23 @@ class SubscriptionAdmin(admin.ModelAdmin):
     raw_id_fields = ("owner", "wallet")
     list_select_related = ("owner",)
     inlines = (PaymentInline,)
-    actions = ("pause_selected", "resume_selected")
+    actions = ("pause_selected", "resume_selected", "cancel_selected")
     date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return self.readonly_fields
+        return (*FIXED_AFTER_CREATION, *self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not change:
+            # The cursors services.subscription_create sets: the first period starts at the
+            # anchor (they are read-only in the form, so nothing else would set them).
+            obj.next_payment_index = 0
+            obj.next_payment_due_at = obj.billing_anchor
+            obj.next_period_index = 0
+            obj.next_period_due_at = obj.billing_anchor
+        super().save_model(request, obj, form, change)
 
     @admin.action(description="Pause selected subscriptions")
     def pause_selected(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
@@ -63,6 +157,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Resume selected subscriptions")
     def resume_selected(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
         self._apply(request, queryset, services.subscription_resume, "resumed")
+
+    @admin.action(description="Cancel selected subscriptions")
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        self._apply(request, queryset, services.subscription_cancel, "canceled")
 
     def _apply(
         self, request: HttpRequest, queryset: QuerySet[Subscription], service: Any, verb: str

@@ -75,27 +75,37 @@ def subscription_create(
     return subscription
 
 
+def _locked(subscription: Subscription) -> Subscription:
+    """The subscription's row, locked for this transaction: decisions use its current state,
+    never the caller's (possibly stale) copy."""
+    return Subscription.objects.select_for_update().get(pk=subscription.pk)
+
+
 def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscription:
     """Change what future payments use; payments already created keep their snapshot."""
     unknown = set(changes) - set(UPDATABLE_FIELDS)
     if unknown:
         raise ValueError(f"fields cannot be updated: {', '.join(sorted(unknown))}")
-    if subscription.status == Subscription.Status.CANCELED:
-        raise SubscriptionStateError("A canceled subscription cannot be changed.")
-    for field, value in changes.items():
-        setattr(subscription, field, value)
-    subscription.save(update_fields=[*changes, "updated_at"])
+    with transaction.atomic():
+        subscription = _locked(subscription)
+        if subscription.status == Subscription.Status.CANCELED:
+            raise SubscriptionStateError("A canceled subscription cannot be changed.")
+        for field, value in changes.items():
+            setattr(subscription, field, value)
+        subscription.save(update_fields=[*changes, "updated_at"])
     return subscription
 
 
 def subscription_pause(*, subscription: Subscription) -> Subscription:
-    if subscription.status == Subscription.Status.CANCELED:
-        raise SubscriptionStateError("A canceled subscription cannot be paused.")
-    if subscription.status == Subscription.Status.PAUSED:
-        return subscription
-    subscription.status = Subscription.Status.PAUSED
-    subscription.paused_at = timezone.now()
-    subscription.save(update_fields=["status", "paused_at", "updated_at"])
+    with transaction.atomic():
+        subscription = _locked(subscription)
+        if subscription.status == Subscription.Status.CANCELED:
+            raise SubscriptionStateError("A canceled subscription cannot be paused.")
+        if subscription.status == Subscription.Status.PAUSED:
+            return subscription
+        subscription.status = Subscription.Status.PAUSED
+        subscription.paused_at = timezone.now()
+        subscription.save(update_fields=["status", "paused_at", "updated_at"])
     return subscription
 
 
@@ -106,13 +116,13 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
     the period that contains now. Failed payments still owed are retried at once through
     the dunning path (the subscription comes back as past_due until they are paid).
     """
-    if subscription.status == Subscription.Status.CANCELED:
-        raise SubscriptionStateError("A canceled subscription cannot be resumed.")
-    if subscription.status in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
-        return subscription
     now = timezone.now()
     with transaction.atomic():
-        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        subscription = _locked(subscription)
+        if subscription.status == Subscription.Status.CANCELED:
+            raise SubscriptionStateError("A canceled subscription cannot be resumed.")
+        if subscription.status in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
+            return subscription
         if subscription.status == Subscription.Status.PAUSED:
             current = periods.period_index_at(
                 anchor=subscription.billing_anchor,
@@ -134,12 +144,16 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
 
 
 def subscription_cancel(*, subscription: Subscription) -> Subscription:
-    if subscription.status == Subscription.Status.CANCELED:
-        return subscription
-    subscription.status = Subscription.Status.CANCELED
-    subscription.canceled_at = timezone.now()
-    subscription.auto_pay_enabled = False
-    subscription.save(update_fields=["status", "canceled_at", "auto_pay_enabled", "updated_at"])
+    with transaction.atomic():
+        subscription = _locked(subscription)
+        if subscription.status == Subscription.Status.CANCELED:
+            return subscription
+        subscription.status = Subscription.Status.CANCELED
+        subscription.canceled_at = timezone.now()
+        subscription.auto_pay_enabled = False
+        subscription.save(
+            update_fields=["status", "canceled_at", "auto_pay_enabled", "updated_at"]
+        )
     return subscription
 
 
@@ -186,18 +200,21 @@ def payment_trigger(*, subscription: Subscription) -> Any:
     from jobs.models import Job
     from jobs.services import JobAlreadyOpen, job_create
 
-    if not subscription.auto_pay_enabled:
-        raise SubscriptionStateError("Auto-pay is not enabled for this subscription.")
-    if subscription.status not in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
-        raise SubscriptionStateError(
-            f"Subscription is {subscription.status}; only active or past-due subscriptions "
-            "can be charged."
-        )
     now = timezone.now()
     with transaction.atomic():
         # Serialises triggers on one subscription; the scan never takes this lock and relies
-        # on the unique constraints instead.
-        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        # on the unique constraints instead. The checks run on the locked row.
+        subscription = _locked(subscription)
+        if not subscription.auto_pay_enabled:
+            raise SubscriptionStateError("Auto-pay is not enabled for this subscription.")
+        if subscription.status not in (
+            Subscription.Status.ACTIVE,
+            Subscription.Status.PAST_DUE,
+        ):
+            raise SubscriptionStateError(
+                f"Subscription is {subscription.status}; only active or past-due subscriptions "
+                "can be charged."
+            )
         payment = (
             subscription.payments.select_for_update()
             .exclude(status=Payment.Status.COMPLETED)
@@ -207,6 +224,11 @@ def payment_trigger(*, subscription: Subscription) -> Any:
         )
         if payment is None:
             if subscription.next_period_due_at > now:
+                if subscription.next_period_index == 0:
+                    raise PaymentConflict(
+                        "Nothing is due yet: the first billing period starts at "
+                        f"{subscription.next_period_due_at.isoformat()}."
+                    )
                 raise PaymentConflict(
                     "The current billing period is already paid; the next payment is due at "
                     f"{subscription.next_payment_due_at.isoformat()}."

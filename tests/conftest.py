@@ -24,19 +24,25 @@ pytest_plugins = ["tests.chain.fixtures"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # PBKDF2 costs ~0.3 s per user; tests need a hash, not a strong one.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def user(db: Any) -> Any:
-    return UserFactory()
+    return UserFactory.create()
 
 
 @pytest.fixture
 def other_user(db: Any) -> Any:
-    return UserFactory()
+    return UserFactory.create()
 
 
 @pytest.fixture
 def staff_user(db: Any) -> Any:
-    return UserFactory(is_staff=True, is_superuser=True)
+    return UserFactory.create(is_staff=True, is_superuser=True)
 
 
 def _client_for(user: Any) -> APIClient:
@@ -125,7 +131,7 @@ def funded_wallet(
     from tests.factories import PayerWalletFactory
 
     def make(amount_atomic: int = 1_000 * 10**6, owner: Any = None) -> Any:
-        wallet = PayerWalletFactory(owner=owner or user)
+        wallet = PayerWalletFactory.create(owner=owner or user)
         if amount_atomic:
             mint(w3, token_address, deployer.key, str(wallet.address), amount_atomic)
         return wallet

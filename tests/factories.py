@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import factory
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.utils import timezone
 from eth_account import Account
 
@@ -18,9 +18,9 @@ def new_address() -> str:
     return str(Account.create().address)
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
-        model = get_user_model()
+        model = User
         django_get_or_create = ("username",)
 
     username = factory.Sequence(lambda n: f"user{n}")
@@ -28,7 +28,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.django.Password("correct-horse-battery")
 
 
-class PayerWalletFactory(factory.django.DjangoModelFactory):
+class PayerWalletFactory(factory.django.DjangoModelFactory[PayerWallet]):
     """A server-held wallet. ``account`` gives tests the key to inspect balances."""
 
     class Meta:
@@ -43,7 +43,7 @@ class PayerWalletFactory(factory.django.DjangoModelFactory):
     )
 
 
-class SubscriptionFactory(factory.django.DjangoModelFactory):
+class SubscriptionFactory(factory.django.DjangoModelFactory[Subscription]):
     class Meta:
         model = Subscription
 

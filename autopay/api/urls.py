@@ -1,8 +1,7 @@
-from rest_framework.routers import DefaultRouter
-
 from autopay.api.views import WalletViewSet
+from config.api import OptionalSlashRouter
 
-router = DefaultRouter(trailing_slash="/?")  # type: ignore[arg-type]  # optional slash
+router = OptionalSlashRouter()
 router.register("wallets", WalletViewSet, basename="wallet")
 
 urlpatterns = router.urls

@@ -1,8 +1,7 @@
-from rest_framework.routers import DefaultRouter
-
+from config.api import OptionalSlashRouter
 from jobs.api.views import JobViewSet
 
-router = DefaultRouter(trailing_slash="/?")  # type: ignore[arg-type]  # optional slash
+router = OptionalSlashRouter()
 router.register("jobs", JobViewSet, basename="job")
 
 urlpatterns = router.urls

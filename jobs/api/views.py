@@ -40,6 +40,7 @@ class JobViewSet(viewsets.GenericViewSet):
         return self.get_queryset().filter(pk=job_id).first()
 
     @extend_schema(
+        operation_id="jobs_list",
         parameters=[
             OpenApiParameter("status", OpenApiTypes.STR, enum=Job.Status.values),
             OpenApiParameter("subscription", OpenApiTypes.INT),

@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from autopay.models import PayerWallet
@@ -56,13 +58,20 @@ class AmountField(serializers.DecimalField):
         return format(Decimal(value).normalize(), "f")
 
 
+@extend_schema_field(OpenApiTypes.INT)
 class WalletOwnedField(serializers.PrimaryKeyRelatedField):
+    """A wallet of the subscription's owner (context ``owner``, else the requesting user).
+
+    Staff too: a subscription may only sign with its own owner's wallet, never another's.
+    """
+
     def get_queryset(self) -> Any:
-        request = self.context.get("request")
-        queryset = PayerWallet.objects.all()
-        if request is None or request.user.is_staff:
-            return queryset
-        return queryset.filter(owner=request.user)
+        owner = self.context.get("owner")
+        if owner is None:
+            owner = getattr(self.context.get("request"), "user", None)
+        if owner is None or not owner.is_authenticated:
+            return PayerWallet.objects.none()
+        return PayerWallet.objects.filter(owner=owner)
 
 
 class SubscriptionInputSerializer(serializers.Serializer):

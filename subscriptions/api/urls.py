@@ -1,8 +1,7 @@
-from rest_framework.routers import DefaultRouter
-
+from config.api import OptionalSlashRouter
 from subscriptions.api.views import PaymentViewSet, SubscriptionViewSet
 
-router = DefaultRouter(trailing_slash="/?")  # type: ignore[arg-type]  # optional slash
+router = OptionalSlashRouter()
 router.register("subscriptions", SubscriptionViewSet, basename="subscription")
 router.register("payments", PaymentViewSet, basename="payment")
 

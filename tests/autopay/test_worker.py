@@ -133,7 +133,7 @@ def test_two_workers_racing_for_one_job_charge_once(
         publish_jobs([job.pk])  # a second message for the same job, for the other worker
         jobs.append(job)
     for job in jobs:
-        wait_for(lambda job=job: _job_done(job), timeout=60)
+        wait_for(lambda job=job: _job_done(job), timeout=60)  # type: ignore[misc]
     time.sleep(1.0)
 
     for job in jobs:
@@ -166,7 +166,7 @@ def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
     node, restart = own_chain
     w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
     token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
-    wallet = PayerWalletFactory(owner=user)
+    wallet = PayerWalletFactory.create(owner=user)
     mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
     subscription = _subscription(wallet, token_address, amount="2")
     chain = {
@@ -205,7 +205,7 @@ def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
     try:
         w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
         token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
-        wallet = PayerWalletFactory(owner=user)
+        wallet = PayerWalletFactory.create(owner=user)
         mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
         subscription = _subscription(wallet, token_address, amount="4")
         env = {
@@ -245,7 +245,7 @@ def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
 def test_four_workers_settle_200_payments_without_nonce_failures(
     start_worker: Any, user: Any, w3: Web3, token_address: str, deployer: Any, engine_settings: Any
 ) -> None:
-    wallets = [PayerWalletFactory(owner=user) for _ in range(20)]
+    wallets = [PayerWalletFactory.create(owner=user) for _ in range(20)]
     for wallet in wallets:
         mint(w3, token_address, deployer.key, str(wallet.address), 100 * 10**6)
     subscriptions = [

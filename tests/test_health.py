@@ -1,0 +1,106 @@
+"""GET /health: the baseline's shape, 503 when a dependency is down, no auth, no secrets."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.test import Client
+from django.utils.dateparse import parse_datetime
+
+pytestmark = pytest.mark.django_db
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/"])
+def test_health_is_healthy_without_authentication(client: Client, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"status", "database", "redis", "timestamp"}
+    assert body["status"] == "healthy"
+    assert body["database"] == "connected"
+    assert body["redis"] == "connected"
+    timestamp = parse_datetime(body["timestamp"])
+    assert timestamp is not None
+    assert timestamp.tzinfo is not None
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+
+
+def test_health_ignores_a_bad_token(client: Client) -> None:
+    response = client.get("/health", HTTP_AUTHORIZATION="Token wrong")
+    assert response.status_code == 200
+
+
+def test_health_answers_503_when_redis_is_unreachable(client: Client, settings: Any) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"
+
+    response = client.get("/health")
+
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["redis"] == "disconnected"
+    assert body["database"] == "connected"
+    assert parse_datetime(body["timestamp"]) is not None
+
+
+def test_health_recovers_when_redis_is_back(client: Client, settings: Any) -> None:
+    reachable = settings.REDIS_URL
+    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"
+    assert client.get("/health").status_code == 503
+    settings.REDIS_URL = reachable
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_answers_503_when_the_database_is_unreachable(client: Client) -> None:
+    database = connections["default"]
+    original_port = database.settings_dict["PORT"]
+    database.close()
+    database.settings_dict["PORT"] = str(closed_port())
+    try:
+        response = client.get("/health")
+    finally:
+        database.close()
+        database.settings_dict["PORT"] = original_port
+
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["database"] == "disconnected"
+    assert body["redis"] == "connected"
+    # And back once the database is reachable again.
+    assert client.get("/health").status_code == 200
+
+
+def test_health_never_shows_secrets(
+    client: Client, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "hunter2-redis-password"
+    settings.REDIS_URL = f"redis://:{password}@127.0.0.1:{closed_port()}/0"
+
+    response = client.get("/health")
+
+    text = response.content.decode()
+    assert response.status_code == 503
+    for secret in (password, settings.SECRET_KEY, settings.AUTOPAY_KEY_ENCRYPTION_KEY):
+        assert secret
+        assert secret not in text
+        assert secret not in caplog.text
+    assert "redis://" not in text
+    assert "127.0.0.1" not in text
+
+
+def test_health_refuses_writes(client: Client) -> None:
+    assert client.post("/health").status_code == 405
