@@ -54,5 +54,8 @@ def health(request: HttpRequest) -> JsonResponse:
         "database": "connected" if database else "disconnected",
         "redis": "connected" if redis_up else "disconnected",
         "timestamp": timezone.now().isoformat(),
+        # Which Redis: "external" (REDIS_URL or the machine's server) or "embedded" (one that
+        # bin/run started itself because none was reachable).
+        "redisMode": settings.AUTOPAY_REDIS_MODE,
     }
     return JsonResponse(body, status=200 if healthy else 503)

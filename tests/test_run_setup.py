@@ -1,0 +1,83 @@
+"""The set-up path of the README's run command (`bin/run --setup-only`) on a fresh SQLite
+database: local chain, token, migrations and demo data, run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from autopay.chain.anvil import free_port, is_rpc_alive
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.chain
+
+
+def _run_setup(env: dict[str, str]) -> dict[str, Any]:
+    completed = subprocess.run(
+        ["bash", str(REPO_ROOT / "bin" / "run"), "--setup-only"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: Path) -> None:
+    queue = redis.Redis.from_url(settings.REDIS_URL)
+    queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env.update({"AUTOPAY_VAR_DIR": str(tmp_path), "ANVIL_PORT": str(port), "PORT": "0"})
+
+    first = _run_setup(env)
+
+    database = tmp_path / "autopay.sqlite3"
+    assert database.exists(), "the run command uses SQLite when DATABASE_URL is unset"
+    with sqlite3.connect(database) as connection:
+        operator = connection.execute(
+            "SELECT is_staff, is_superuser FROM auth_user WHERE username = 'operator'"
+        ).fetchone()
+        wallets = connection.execute("SELECT COUNT(*) FROM autopay_payerwallet").fetchone()[0]
+        subscriptions = connection.execute(
+            "SELECT COUNT(*) FROM subscriptions_subscription WHERE status = 'active'"
+        ).fetchone()[0]
+        jobs = connection.execute(
+            "SELECT COUNT(*) FROM jobs_job WHERE status = 'waiting'"
+        ).fetchone()[0]
+        beat_rows = connection.execute(
+            "SELECT COUNT(*) FROM django_celery_beat_periodictask WHERE task LIKE 'autopay.%'"
+        ).fetchone()[0]
+    assert operator == (1, 1)
+    assert wallets == 2
+    assert subscriptions == 4
+    assert jobs == 4 == len(first["queued_jobs"])
+    assert beat_rows == 3
+    assert queue.llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 4, "the demo jobs are published"
+    assert first["token"] and first["password"]
+    assert not is_rpc_alive(f"http://127.0.0.1:{port}"), "the chain it started is stopped"
+
+    second = _run_setup(env)
+
+    assert second["token"] == first["token"]
+    assert second["password"] == first["password"], "development secrets are reused"
+    assert second["wallets"] == first["wallets"]
+    assert second["queued_jobs"] == [], "in-flight demo periods are not queued twice"
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 4
+        assert (
+            connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 4
+        )
+    queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
