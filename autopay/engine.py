@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import close_old_connections
 from django.utils import timezone
 
@@ -131,6 +132,38 @@ def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError
     return Outcome("failed")
 
 
+def _process_transient(
+    job: Job,
+    payment: Payment,
+    worker_id: str,
+    hooks: _Hooks,
+    error: errors.PaymentError,
+    cause: BaseException,
+) -> Outcome:
+    """Delay the job for another attempt, or fail it when its attempts are spent."""
+    if hooks.lease_lost:
+        raise job_services.LeaseLost(str(job.pk)) from cause
+    if job.attempts_made < job.max_attempts:
+        countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
+        job_services.job_delay(
+            job=job,
+            worker_id=worker_id,
+            countdown=countdown,
+            code=error.code,
+            message=error.message,
+        )
+        logger.warning(
+            "job %s attempt %d/%d: %s; retrying in %.1fs",
+            job.pk,
+            job.attempts_made,
+            job.max_attempts,
+            error.code,
+            countdown,
+        )
+        return Outcome("delayed", retry_in=countdown)
+    return _fail(job, payment, worker_id, error)
+
+
 def process_job(*, job_id: str, worker_id: str) -> Outcome:
     """Process one job message. Safe to call any number of times for the same job."""
     close_old_connections()
@@ -187,33 +220,25 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             )
         settlement = rail.reconcile(payment) or rail.pay(payment, hooks)
     except errors.TransientPaymentError as error:
-        if hooks.lease_lost:
-            raise job_services.LeaseLost(str(job.pk)) from error
-        if job.attempts_made < job.max_attempts:
-            countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
-            job_services.job_delay(
-                job=job,
-                worker_id=worker_id,
-                countdown=countdown,
-                code=error.code,
-                message=error.message,
-            )
-            logger.warning(
-                "job %s attempt %d/%d: %s; retrying in %.1fs",
-                job.pk,
-                job.attempts_made,
-                job.max_attempts,
-                error.code,
-                countdown,
-            )
-            return Outcome("delayed", retry_in=countdown)
-        return _fail(job, payment, worker_id, error)
+        return _process_transient(job, payment, worker_id, hooks, error, error)
     except errors.PermanentPaymentError as error:
         if hooks.lease_lost:
             raise job_services.LeaseLost(str(job.pk)) from error
         return _fail(job, payment, worker_id, error)
     except job_services.LeaseLost:
         raise
+    except SoftTimeLimitExceeded as exc:
+        # Slow chain or facilitator: treated like any transient failure, never as a bug.
+        return _process_transient(
+            job,
+            payment,
+            worker_id,
+            hooks,
+            errors.TransientPaymentError(
+                "the attempt ran past the task's soft time limit", code="attempt_timeout"
+            ),
+            exc,
+        )
     except Exception as exc:
         # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
         # was broadcast the payment stays 'submitted' and the recovery sweep reconciles it.
