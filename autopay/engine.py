@@ -14,6 +14,8 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import close_old_connections
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from autopay import errors
@@ -52,39 +54,53 @@ class _Hooks:
         self.job = job
         self.payment = payment
         self.worker_id = worker_id
-        self.lease_lost = False
 
     def progress(self, percent: int) -> None:
         job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=percent)
+
+    def _payment_while_held(self) -> Any:
+        """The payment row, writable only while this worker still holds the job's lease, so
+        a worker that lost its job cannot overwrite what the new owner records."""
+        return (
+            Payment.objects.filter(pk=self.payment.pk)
+            .exclude(status=Payment.Status.COMPLETED)
+            .filter(
+                jobs__pk=self.job.pk,
+                jobs__status=Job.Status.ACTIVE,
+                jobs__lease_owner=self.worker_id,
+            )
+        )
 
     def prepared(
         self, *, nonce: str, valid_after: int, valid_before: int, search_from_block: int | None
     ) -> None:
         now = timezone.now()
-        Payment.objects.filter(pk=self.payment.pk).exclude(status=Payment.Status.COMPLETED).update(
+        updated = self._payment_while_held().update(
             status=Payment.Status.PROCESSING,
             authorization_nonce=nonce,
             valid_after=valid_after,
             valid_before=valid_before,
+            search_from_block=Coalesce(F("search_from_block"), Value(search_from_block)),
             updated_at=now,
         )
+        if not updated:
+            raise job_services.LeaseLost(f"job {self.job.pk} or its payment moved on")
         self.payment.authorization_nonce = nonce
 
     def signed_transaction(self, tx_hash: str) -> None:
-        # Recorded before the broadcast: a crash right after sending leaves a hash to look up.
+        """Called before the broadcast. Raising here (lease lost) means nothing is sent."""
+        self.progress(PROGRESS_SUBMITTED)
         now = timezone.now()
-        Payment.objects.filter(pk=self.payment.pk).exclude(status=Payment.Status.COMPLETED).update(
+        # Recorded before the broadcast: a crash right after sending leaves a hash to look up.
+        updated = self._payment_while_held().update(
             status=Payment.Status.SUBMITTED,
             transaction_hash=tx_hash,
             submitted_at=now,
             updated_at=now,
         )
+        if not updated:
+            raise job_services.LeaseLost(f"job {self.job.pk} or its payment moved on")
         self.payment.transaction_hash = tx_hash
-        try:
-            self.progress(PROGRESS_SUBMITTED)
-        except job_services.LeaseLost:
-            # Never raise inside the broadcast path; the engine checks after the rail returns.
-            self.lease_lost = True
 
     def unsent_transaction(self, tx_hash: str) -> None:
         Payment.objects.filter(pk=self.payment.pk, transaction_hash=tx_hash).update(
@@ -106,12 +122,13 @@ def _result(payment: Payment, settlement: Settlement) -> dict[str, Any]:
 
 
 def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_id: str) -> Outcome:
-    job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_CONFIRMED)
+    # The money moved: record the payment first (idempotent), whatever happens to the job.
     subscription_services.payment_record_success(
         payment=payment,
         transaction_hash=settlement.transaction_hash,
         block_number=settlement.block_number,
     )
+    job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_CONFIRMED)
     job_services.job_complete(job=job, worker_id=worker_id, result=_result(payment, settlement))
     logger.info(
         "job %s completed: payment %s settled in %s%s",
@@ -124,10 +141,14 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
 
 
 def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError) -> Outcome:
+    # Only the lease holder may fail the job, and only then is the payment marked failed.
+    if not job_services.job_fail(
+        job=job, worker_id=worker_id, code=error.code, message=error.message
+    ):
+        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
     subscription_services.payment_record_failure(
         payment=payment, code=error.code, message=error.message
     )
-    job_services.job_fail(job=job, worker_id=worker_id, code=error.code, message=error.message)
     logger.warning("job %s failed: %s (%s)", job.pk, error.code, error.message)
     return Outcome("failed")
 
@@ -141,17 +162,18 @@ def _process_transient(
     cause: BaseException,
 ) -> Outcome:
     """Delay the job for another attempt, or fail it when its attempts are spent."""
-    if hooks.lease_lost:
-        raise job_services.LeaseLost(str(job.pk)) from cause
     if job.attempts_made < job.max_attempts:
         countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
-        job_services.job_delay(
+        if not job_services.job_delay(
             job=job,
             worker_id=worker_id,
             countdown=countdown,
             code=error.code,
             message=error.message,
-        )
+        ):
+            raise job_services.LeaseLost(
+                f"job {job.pk} is no longer held by {worker_id}"
+            ) from cause
         logger.warning(
             "job %s attempt %d/%d: %s; retrying in %.1fs",
             job.pk,
@@ -222,8 +244,6 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
     except errors.TransientPaymentError as error:
         return _process_transient(job, payment, worker_id, hooks, error, error)
     except errors.PermanentPaymentError as error:
-        if hooks.lease_lost:
-            raise job_services.LeaseLost(str(job.pk)) from error
         return _fail(job, payment, worker_id, error)
     except job_services.LeaseLost:
         raise
@@ -253,7 +273,4 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             )
             return Outcome("failed")
         return _fail(job, payment, worker_id, internal)
-    if hooks.lease_lost:
-        # Another worker owns the job now; it will reconcile this settlement by its nonce.
-        raise job_services.LeaseLost(str(job.pk))
     return _record_success(job, payment, settlement, worker_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db.models import Q
 from django.utils import timezone
 
 from autopay import errors
@@ -27,25 +26,40 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
     rail = get_rail()
     if rail is None:
         return {"reconciled": 0}
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    open_jobs = Job.objects.filter(status__in=Job.OPEN_STATUSES)
-    candidates = (
-        Payment.objects.filter(updated_at__lt=cutoff)
-        .filter(
-            Q(status__in=[Payment.Status.SUBMITTED, Payment.Status.PROCESSING])
-            | Q(status=Payment.Status.FAILED) & ~Q(authorization_nonce="")
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=older_than_seconds)
+    open_jobs = Job.objects.filter(status__in=Job.OPEN_STATUSES).values("payment_id")
+    # Uncertain payments first; then failed ones that were broadcast (they carry a hash),
+    # within the authorization's validity window plus a margin: older ones cannot change.
+    uncertain = list(
+        Payment.objects.filter(
+            updated_at__lt=cutoff,
+            status__in=[Payment.Status.SUBMITTED, Payment.Status.PROCESSING],
         )
-        .exclude(pk__in=open_jobs.values("payment_id"))
+        .exclude(pk__in=open_jobs)
         .order_by("updated_at")[:batch_size]
     )
+    failed_after_broadcast = list(
+        Payment.objects.filter(
+            updated_at__lt=cutoff,
+            updated_at__gt=now - timedelta(days=7),
+            status=Payment.Status.FAILED,
+        )
+        .exclude(transaction_hash="")
+        .exclude(pk__in=open_jobs)
+        .order_by("updated_at")[: max(batch_size - len(uncertain), 0)]
+    )
     reconciled = 0
-    for payment in candidates:
+    for payment in uncertain + failed_after_broadcast:
         try:
             settlement = rail.reconcile(payment)
         except errors.SettlementPending:
             continue
-        except errors.PaymentError as error:
-            logger.warning("reconcile payment %s: %s", payment.pk, error.code)
+        except Exception as error:
+            # One bad payment must not stop the sweep for the others.
+            logger.warning(
+                "reconcile payment %s failed: %s", payment.pk, getattr(error, "code", type(error))
+            )
             continue
         if settlement is None:
             if payment.status in (Payment.Status.SUBMITTED, Payment.Status.PROCESSING):
@@ -55,6 +69,10 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
                     code="settlement_lost",
                     message="the settlement never reached the chain; it will be retried",
                 )
+            # The hash is dead: forget it, so the sweep does not look at it again.
+            Payment.objects.filter(pk=payment.pk, transaction_hash=payment.transaction_hash).update(
+                transaction_hash=""
+            )
             continue
         subscription_services.payment_record_success(
             payment=payment,

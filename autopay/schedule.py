@@ -8,6 +8,7 @@ change survives deploys; `manage.py autopay_sync_schedule --force` resets them t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -45,32 +46,66 @@ def periodic_specs() -> list[PeriodicSpec]:
 
 
 def sync_periodic_tasks(*, force: bool = False) -> list[str]:
-    """Create the engine's beat rows if missing (or reset them with ``force``)."""
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+    """Create the engine's beat rows if missing (or reset them with ``force``).
+
+    Returns the names of the rows created or reset. The rows name no queue: beat then sends
+    to the default queue of the moment (``CELERY_QUEUE``), so a renamed queue cannot strand
+    the scan on a queue no worker reads.
+    """
+    from django_celery_beat.models import PeriodicTask
 
     changed = []
     with transaction.atomic():
         for spec in periodic_specs():
-            schedule, _ = IntervalSchedule.objects.get_or_create(
-                every=spec.every_seconds, period=IntervalSchedule.SECONDS
-            )
+            schedule = _interval_schedule(spec.every_seconds)
             task = PeriodicTask.objects.filter(name=spec.name).first()
             if task is None:
                 PeriodicTask.objects.create(
-                    name=spec.name,
-                    task=spec.task,
-                    interval=schedule,
-                    description=spec.description,
-                    queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+                    name=spec.name, task=spec.task, interval=schedule, description=spec.description
                 )
                 changed.append(spec.name)
-            elif force and (
-                task.interval_id != schedule.pk or task.task != spec.task or not task.enabled
-            ):
-                task.interval = schedule
+            elif force and not _matches(task, spec, schedule):
                 task.task = spec.task
+                task.interval = schedule
+                task.crontab = task.solar = task.clocked = None
                 task.enabled = True
-                task.crontab = None
+                task.one_off = False
+                task.start_time = task.expires = None
+                task.expire_seconds = None
+                task.queue = task.exchange = task.routing_key = None
                 task.save()
                 changed.append(spec.name)
     return changed
+
+
+def _interval_schedule(every_seconds: int) -> Any:
+    """The interval row for ``every_seconds``; operators may have created duplicates in the
+    admin (the table has no unique constraint), so take the oldest rather than fail."""
+    from django_celery_beat.models import IntervalSchedule
+
+    existing = (
+        IntervalSchedule.objects.filter(every=every_seconds, period=IntervalSchedule.SECONDS)
+        .order_by("pk")
+        .first()
+    )
+    return existing or IntervalSchedule.objects.create(
+        every=every_seconds, period=IntervalSchedule.SECONDS
+    )
+
+
+def _matches(task: Any, spec: PeriodicSpec, schedule: Any) -> bool:
+    return (
+        task.task == spec.task
+        and task.interval_id == schedule.pk
+        and task.crontab_id is None
+        and task.solar_id is None
+        and task.clocked_id is None
+        and task.enabled
+        and not task.one_off
+        and task.start_time is None
+        and task.expires is None
+        and task.expire_seconds is None
+        and not task.queue
+        and not task.exchange
+        and not task.routing_key
+    )

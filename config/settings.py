@@ -232,6 +232,8 @@ TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
 RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
+# Longest wait for (and hold of) the relayer's nonce lock shared by every worker.
+RELAYER_LOCK_TIMEOUT_SECONDS = env.float("RELAYER_LOCK_TIMEOUT_SECONDS", default=10.0)
 X402_FACILITATOR_URL = env.str("X402_FACILITATOR_URL", default="")
 X402_FACILITATOR_AUTH_HEADER = env.str("X402_FACILITATOR_AUTH_HEADER", default="")
 X402_FACILITATOR_TIMEOUT_SECONDS = env.float("X402_FACILITATOR_TIMEOUT_SECONDS", default=30.0)

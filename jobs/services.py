@@ -239,6 +239,12 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
                 updated_at=now,
             ):
                 failed += 1
+                # The period stays owed: failed (so dunning retries it); a payment that was
+                # broadcast keeps its hash and the reconcile sweep asks the chain about it.
+                from subscriptions.services import payment_record_failure
+
+                job = Job.objects.select_related("payment").get(pk=job_id)
+                payment_record_failure(payment=job.payment, code="worker_lost", message=message)
             continue
         # The lost attempt is given back: a crash is not a payment failure.
         if base.update(

@@ -146,6 +146,8 @@ class Payment(models.Model):
     valid_after = models.BigIntegerField(null=True, blank=True)
     valid_before = models.BigIntegerField(null=True, blank=True)
     transaction_hash = models.CharField(max_length=66, blank=True, default="", db_index=True)
+    # A block at or before the first signing: where a search for the settlement starts.
+    search_from_block = models.BigIntegerField(null=True, blank=True)
     block_number = models.BigIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
     error_message = models.TextField(blank=True, default="")

@@ -151,9 +151,7 @@ def subscription_cancel(*, subscription: Subscription) -> Subscription:
         subscription.status = Subscription.Status.CANCELED
         subscription.canceled_at = timezone.now()
         subscription.auto_pay_enabled = False
-        subscription.save(
-            update_fields=["status", "canceled_at", "auto_pay_enabled", "updated_at"]
-        )
+        subscription.save(update_fields=["status", "canceled_at", "auto_pay_enabled", "updated_at"])
     return subscription
 
 

@@ -68,12 +68,24 @@ def get_web3(rpc_url: str | None = None) -> Web3:
 
 
 def call_rpc(function: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a web3 call, turning transport failures into ChainUnavailable."""
+    """Run a web3 call, turning transport failures and JSON-RPC errors that are not reverts
+    (rate limits, range limits, node out of sync) into ChainUnavailable (transient)."""
+    from web3.exceptions import (
+        BlockNotFound,
+        ContractLogicError,
+        TransactionNotFound,
+        Web3RPCError,
+    )
+
     try:
         return function(*args, **kwargs)
+    except (ContractLogicError, TransactionNotFound, BlockNotFound):
+        raise
     except Exception as exc:
         if is_transport_error(exc):
             raise ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}") from exc
+        if isinstance(exc, Web3RPCError):
+            raise ChainUnavailable(f"chain RPC error: {exc}") from exc
         raise
 
 
@@ -95,34 +107,68 @@ def authorization_used(
     return bool(call_rpc(call.call))
 
 
+# Providers cap eth_getLogs ranges; search in windows of this many blocks, newest first.
+LOG_SEARCH_WINDOW = 5_000
+# Without a recorded starting block, search this far back from the head.
+LOG_SEARCH_DEFAULT_DEPTH = 200_000
+
+
 def find_authorization_transaction(
     token_address: str,
     authorizer: str,
     nonce: str,
     *,
-    from_block: int = 0,
+    from_block: int | None = None,
     w3: Web3 | None = None,
 ) -> tuple[str, int] | None:
-    """The transaction (hash, block) that used ``nonce``, from its AuthorizationUsed event."""
+    """The transaction (hash, block) that used ``nonce``, from its AuthorizationUsed event.
+
+    Searches from ``from_block`` (the block recorded before the first signing) to the head in
+    bounded windows, newest first.
+    """
     w3 = w3 or get_web3()
     topics = [
         AUTHORIZATION_USED_TOPIC,
         "0x" + "0" * 24 + to_checksum_address(authorizer)[2:].lower(),
         nonce.lower(),
     ]
-    logs = call_rpc(
-        w3.eth.get_logs,
-        {
-            "address": to_checksum_address(token_address),
-            "fromBlock": max(from_block, 0),
-            "toBlock": "latest",
-            "topics": topics,  # type: ignore[typeddict-item]
-        },
-    )
-    if not logs:
-        return None
-    log = logs[-1]
-    return "0x" + bytes(log["transactionHash"]).hex().removeprefix("0x"), int(log["blockNumber"])
+    head = block_number(w3=w3)
+    start = max(from_block if from_block is not None else head - LOG_SEARCH_DEFAULT_DEPTH, 0)
+    upper = head
+    while upper >= start:
+        lower = max(upper - LOG_SEARCH_WINDOW + 1, start)
+        logs = call_rpc(
+            w3.eth.get_logs,
+            {
+                "address": to_checksum_address(token_address),
+                "fromBlock": lower,
+                "toBlock": upper,
+                "topics": topics,  # type: ignore[typeddict-item]
+            },
+        )
+        if logs:
+            log = logs[-1]
+            tx_hash = "0x" + bytes(log["transactionHash"]).hex().removeprefix("0x")
+            return tx_hash, int(log["blockNumber"])
+        upper = lower - 1
+    return None
+
+
+_block_cache: dict[str, tuple[float, int]] = {}
+
+
+def recent_block_number(*, max_age: float = 5.0) -> int:
+    """The head block number, cached for ``max_age`` seconds (a search start, not a fact)."""
+    import time
+
+    url = settings.CHAIN_RPC_URL
+    now = time.monotonic()
+    cached = _block_cache.get(url)
+    if cached and now - cached[0] < max_age:
+        return cached[1]
+    number = block_number()
+    _block_cache[url] = (now, number)
+    return number
 
 
 def block_number(*, w3: Web3 | None = None) -> int:

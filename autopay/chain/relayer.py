@@ -24,11 +24,11 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import to_checksum_address
 from web3 import Web3
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from x402.mechanisms.evm.types import TransactionReceipt
 
 from autopay.chain.client import ChainUnavailable, is_transport_error
-from autopay.errors import NonceRace, SettlementPending
+from autopay.errors import NonceRace, SettlementPending, TransientPaymentError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class SettlementContext:
     on_signed: Callable[[str], None] | None = None
     on_unsent: Callable[[str], None] | None = None
     transport_error: BaseException | None = None
+    # The first exception our relayer raised to the SDK, which swallows it into a reason
+    # string; the rail classifies by this original instead.
+    error: BaseException | None = None
     sent_hashes: list[str] = field(default_factory=list)
 
 
@@ -77,6 +80,30 @@ def _note_transport(exc: BaseException) -> None:
     context = _current()
     if context is not None and context.transport_error is None:
         context.transport_error = exc
+
+
+def _note_error(exc: BaseException) -> None:
+    context = _current()
+    if context is not None and context.error is None:
+        context.error = exc
+
+
+class RelayerError(TransientPaymentError):
+    """The node refused or failed a relayer request for a reason retrying can fix (rate limit,
+    node out of sync, relayer out of gas funds, lock contention)."""
+
+    code = "relayer_error"
+
+
+# Compare-and-max: the stored next nonce never moves backwards (a slow process finishing late
+# must not lower it).
+_SET_MAX_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
 
 
 def _revert_text(exc: ContractLogicError) -> str:
@@ -134,11 +161,19 @@ class Relayer:
     def _rpc(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except (ContractLogicError, TransactionNotFound):
+            raise
         except Exception as exc:
             if is_transport_error(exc):
                 _note_transport(exc)
-                raise ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}") from exc
-            raise
+                error: Exception = ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}")
+            elif isinstance(exc, Web3RPCError):
+                # A JSON-RPC error that is not a revert: rate limit, node out of sync, ...
+                error = RelayerError(f"the node refused a request: {exc}")
+            else:
+                raise
+            _note_error(error)
+            raise error from exc
 
     def read_contract(
         self, address: str, abi: list[dict[str, Any]], function_name: str, *args: Any
@@ -198,7 +233,13 @@ class Relayer:
         data = contract.encode_abi(function_name, args=list(args))
         if data_suffix:
             data = data + data_suffix.removeprefix("0x")
-        return self.send_call(to=to_checksum_address(address), data=data)
+        try:
+            return self.send_call(to=to_checksum_address(address), data=data)
+        except RevertedCall:
+            raise
+        except BaseException as exc:
+            _note_error(exc)
+            raise
 
     def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
         receipt = self.wait_for_receipt(tx_hash)
@@ -234,6 +275,8 @@ class Relayer:
         except ContractLogicError as exc:
             # Simulation failed: nothing is broadcast.
             raise RevertedCall(_revert_text(exc)) from exc
+        except Web3RPCError as exc:
+            raise RelayerError(f"gas estimate refused by the node: {exc}") from exc
         max_fee, priority = self._fees()
         gas_limit = gas + gas // 5 + 5_000
         for attempt in range(attempts):
@@ -255,9 +298,7 @@ class Relayer:
         if not lock.acquire():
             raise NonceRace("relayer nonce lock is busy")
         try:
-            pending = int(self._rpc(self._w3.eth.get_transaction_count, self.address, "pending"))
-            stored = self._redis.get(self._nonce_key)
-            nonce = max(pending, int(stored) if stored is not None else 0)
+            nonce = self._next_nonce()
             signed = self._account.sign_transaction(
                 {
                     "type": 2,
@@ -273,7 +314,14 @@ class Relayer:
             )
             tx_hash = "0x" + bytes(signed.hash).hex().removeprefix("0x")
             if context is not None and context.on_signed is not None:
+                # May raise (e.g. the job's lease was lost): then nothing is broadcast.
                 context.on_signed(tx_hash)
+            # The lock may have run out during the writes above: never send on a nonce that
+            # another process may now hold.
+            if not lock.owned() or not lock.reacquire():
+                if context is not None and context.on_unsent is not None:
+                    context.on_unsent(tx_hash)
+                raise NonceRace("relayer nonce lock expired before the broadcast")
             try:
                 self._w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
@@ -291,14 +339,46 @@ class Relayer:
                     context.on_unsent(tx_hash)
                 if any(fragment in message for fragment in _NONCE_ERRORS):
                     raise NonceRace(f"relayer nonce {nonce} was taken: {exc}") from exc
+                if isinstance(exc, Web3RPCError):
+                    # e.g. rate limited, insufficient funds for gas: nothing was accepted.
+                    raise RelayerError(f"broadcast refused by the node: {exc}") from exc
                 raise
-            self._redis.set(self._nonce_key, nonce + 1, ex=3600)
             if context is not None:
                 context.sent_hashes.append(tx_hash)
+            # Bookkeeping only: a Redis hiccup here must not turn a broadcast into a failure.
+            with contextlib.suppress(Exception):
+                self._redis.eval(_SET_MAX_SCRIPT, 1, self._nonce_key, nonce + 1, 3600)
             return tx_hash
         finally:
             with contextlib.suppress(Exception):
                 lock.release()
+
+    def _next_nonce(self) -> int:
+        """The nonce to use, called under the lock.
+
+        The node's pending count is the truth; the stored value only covers a load-balanced
+        node that has not seen our last send yet. When the stored value is ahead but the node
+        has nothing of ours pending at all (pending == latest), the transactions in between
+        were dropped (mempool eviction, node restart): reuse the node's count, which fills the
+        gap and lets any queued later transactions through, instead of stalling forever.
+        """
+        pending = int(self._rpc(self._w3.eth.get_transaction_count, self.address, "pending"))
+        stored_raw = self._redis.get(self._nonce_key)
+        stored = int(stored_raw) if stored_raw is not None else 0
+        if stored <= pending:
+            return pending
+        latest = int(self._rpc(self._w3.eth.get_transaction_count, self.address, "latest"))
+        if latest == pending:
+            logger.warning(
+                "relayer %s: nonces %d..%d never reached the chain; reusing %d",
+                self.address,
+                pending,
+                stored - 1,
+                pending,
+            )
+            self._redis.delete(self._nonce_key)
+            return pending
+        return stored
 
     def wait_for_receipt(self, tx_hash: str) -> dict[str, Any]:
         """Poll for the receipt until it has the configured confirmations, or time out."""
@@ -357,6 +437,7 @@ def get_relayer() -> Relayer:
                 confirmation_timeout=settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS,
                 poll_interval=settings.CHAIN_RECEIPT_POLL_SECONDS,
                 max_fee_wei=max_fee,
+                lock_timeout=settings.RELAYER_LOCK_TIMEOUT_SECONDS,
             )
             _relayers[cache_key] = relayer
         return relayer

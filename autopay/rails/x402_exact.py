@@ -18,8 +18,10 @@ import logging
 import time
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from eth_utils import to_checksum_address
+from redis.exceptions import RedisError
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from autopay import errors
@@ -152,7 +154,12 @@ class X402ExactRail:
         nonce = payment.authorization_nonce or self.nonce(payment)
         if chain.authorization_used(payment.token_address, payment.payer_address, nonce):
             found = chain.find_authorization_transaction(
-                payment.token_address, payment.payer_address, nonce
+                payment.token_address,
+                payment.payer_address,
+                nonce,
+                from_block=max(payment.search_from_block - 10, 0)
+                if payment.search_from_block is not None
+                else None,
             )
             if found is None:
                 raise errors.PermanentPaymentError(
@@ -176,7 +183,8 @@ class X402ExactRail:
             nonce=authorization.nonce,
             valid_after=authorization.valid_after,
             valid_before=authorization.valid_before,
-            search_from_block=None,
+            # Where a later search for this authorization's transaction may start.
+            search_from_block=payment.search_from_block or chain.recent_block_number(),
         )
         signer = signer_for_payer(payment.payer_address)
         signature = signer.sign(authorization)
@@ -214,8 +222,19 @@ class X402ExactRail:
             hooks.signed_transaction(settled.transaction)
         if not settled.success:
             return self._refused(payment, settled.error_reason, settled.error_message, context)
-        hooks.progress(80)
         receipt = chain.transaction_receipt(settled.transaction)
+        if self._remote and (
+            receipt is None
+            or int(receipt["status"]) != 1
+            or not chain.authorization_used(
+                payment.token_address, payment.payer_address, authorization.nonce
+            )
+        ):
+            # A remote facilitator's word is not proof: the chain must show the transfer.
+            raise errors.SettlementPending(
+                f"facilitator reported {settled.transaction} settled; not yet seen on-chain"
+            )
+        hooks.progress(80)
         block = int(receipt["blockNumber"]) if receipt else None
         return Settlement(transaction_hash=settled.transaction, block_number=block)
 
@@ -244,14 +263,32 @@ class X402ExactRail:
     ) -> Settlement:
         reason = reason or "unknown"
         detail = f"{reason}: {message}" if message else reason
+        # The SDK turns every exception of our relayer into a reason string; decide on the
+        # original exception first.
+        original = context.error
+        if isinstance(original, (errors.PaymentError, SoftTimeLimitExceeded)) or (
+            original is not None and type(original).__name__ == "LeaseLost"
+        ):
+            raise original
+        if isinstance(original, RedisError):
+            raise errors.TransientPaymentError(
+                f"relayer bookkeeping unavailable: {type(original).__name__}",
+                code="redis_unavailable",
+            ) from original
         if context.transport_error is not None:
             raise errors.RpcUnavailable(f"chain RPC unavailable ({reason})")
-        if reason == "invalid_exact_evm_nonce_already_used" or "authorization is used" in (
-            message or ""
-        ):
-            settlement = self.reconcile(payment)
-            if settlement is not None:
-                return settlement
+        # Whatever the reason, the period may already be paid (a racing attempt won, or our
+        # own broadcast landed): the chain decides before anything is called a failure.
+        settlement = self.reconcile(payment)
+        if settlement is not None:
+            return settlement
+        if context.sent_hashes:
+            receipt = chain.transaction_receipt(context.sent_hashes[-1])
+            if receipt is None:
+                raise errors.SettlementPending(detail)
+            if int(receipt["status"]) == 1:
+                # Mined and successful, yet not seen as used: let the next attempt look again.
+                raise errors.SettlementPending(detail)
         if reason == "settlement_pending":
             raise errors.SettlementPending(detail)
         if reason in _PERMANENT_REASONS:
@@ -272,7 +309,7 @@ class X402ExactRail:
 
 def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:
     text = str(exc)
-    if "failed (5" in text or "failed (429" in text:
+    if "failed (5" in text or "failed (429" in text or "failed (408" in text:
         return errors.FacilitatorUnavailable(f"facilitator {method} answered {text[:200]}")
     import httpx
 
@@ -309,21 +346,23 @@ class _InProcessFacilitator:
 
 def _facilitator_from_settings() -> Any:
     if settings.X402_FACILITATOR_URL:
-        from x402.http import FacilitatorConfig, HTTPFacilitatorClientSync
+        from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
 
-        config: dict[str, Any] = {"url": settings.X402_FACILITATOR_URL}
-        if settings.X402_FACILITATOR_AUTH_HEADER:
-            header = settings.X402_FACILITATOR_AUTH_HEADER
-            config["create_headers"] = lambda: {
-                "verify": {"Authorization": header},
-                "settle": {"Authorization": header},
-                "supported": {"Authorization": header},
-            }
+        class _HeaderAuth:
+            def __init__(self, value: str) -> None:
+                self._headers = {"Authorization": value}
+
+            def get_auth_headers(self) -> AuthHeaders:
+                return AuthHeaders(
+                    verify=self._headers, settle=self._headers, supported=self._headers
+                )
+
+        header = settings.X402_FACILITATOR_AUTH_HEADER
         return HTTPFacilitatorClientSync(
             FacilitatorConfig(
-                url=settings.X402_FACILITATOR_URL, timeout=settings.X402_FACILITATOR_TIMEOUT_SECONDS
+                url=settings.X402_FACILITATOR_URL,
+                timeout=settings.X402_FACILITATOR_TIMEOUT_SECONDS,
+                auth_provider=_HeaderAuth(header) if header else None,
             )
-            if not settings.X402_FACILITATOR_AUTH_HEADER
-            else config
         )
     return _InProcessFacilitator()
