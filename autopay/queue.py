@@ -3,24 +3,67 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
+from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
 PROCESS_TASK = "autopay.process_autopay_job"
+# Messages buffered per Redis round trip (one pipelined LPUSH batch).
+PUBLISH_BATCH_SIZE = 1000
 
 
 def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = None) -> int:
-    """Publish one process message per job over a single broker connection."""
+    """Publish one process message per job, in pipelined batches over one connection.
+
+    Messages are the Celery task-protocol-2 messages `send_task` would build, published
+    straight to the queue (the anonymous exchange routes by queue name), so no exchange
+    binding lookup or extra round trip is paid per message: the scan publishes 100k jobs.
+    """
     from config.celery import app
 
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    eta = None
+    if countdown:
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        eta = timezone.now() + timedelta(seconds=countdown)
     published = 0
-    with app.producer_or_acquire() as producer:
-        for job_id in job_ids:
-            app.send_task(PROCESS_TASK, args=[str(job_id)], countdown=countdown, producer=producer)
+    template: Any = None
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+        for raw_id in job_ids:
+            job_id, task_id = str(raw_id), str(uuid.uuid4())
+            if template is None:
+                # Celery builds the first message; the others differ only by their ids, so
+                # they reuse its headers instead of paying as_task_v2's cost each time.
+                template = app.amqp.as_task_v2(task_id, PROCESS_TASK, args=[job_id], eta=eta)
+                headers, properties, body = template.headers, template.properties, template.body
+            else:
+                args = [job_id]
+                headers = {
+                    **template.headers,
+                    "id": task_id,
+                    "root_id": task_id,
+                    "argsrepr": repr(args),
+                }
+                properties = {**template.properties, "correlation_id": task_id}
+                body = (args, template.body[1], template.body[2])
+            producer.publish(
+                body,
+                exchange="",
+                routing_key=queue,
+                serializer="json",
+                headers=headers,
+                retry=True,
+                **properties,
+            )
             published += 1
     return published
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,6 +105,66 @@ def scan_due(
     # Subscriptions that still have due periods after a visit (more missed than the cap) sort
     # again further on: they are not visited twice in one scan.
     visited_still_due: set[int] = set()
+    # Publishing a committed batch overlaps with writing the next one (the database works in
+    # its own process while this one encodes messages).
+    publisher = _BackgroundPublisher(summary) if publish else None
+    try:
+        _scan_batches(
+            now=now,
+            batch_size=batch_size,
+            max_periods=max_periods,
+            summary=summary,
+            publisher=publisher,
+            last_key=last_key,
+            visited_still_due=visited_still_due,
+        )
+    finally:
+        if publisher is not None:
+            publisher.close()
+
+    dunning_job_ids = _schedule_dunning(now=now, batch_size=batch_size)
+    summary.dunning_retries = len(dunning_job_ids)
+    summary.jobs_created += len(dunning_job_ids)
+    if publish and dunning_job_ids:
+        summary.jobs_published += _publish(dunning_job_ids, summary)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+class _BackgroundPublisher:
+    """Publishes committed batches from one thread, in order, while the scan goes on."""
+
+    def __init__(self, summary: ScanSummary) -> None:
+        self._summary = summary
+        self._queue: queue.Queue[list[str] | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="scan-publisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, job_ids: list[str]) -> None:
+        self._queue.put(job_ids)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            job_ids = self._queue.get()
+            if job_ids is None:
+                return
+            self._summary.jobs_published += _publish(job_ids, self._summary)
+
+
+def _scan_batches(
+    *,
+    now: datetime,
+    batch_size: int,
+    max_periods: int,
+    summary: ScanSummary,
+    publisher: _BackgroundPublisher | None,
+    last_key: tuple[datetime, int] | None,
+    visited_still_due: set[int],
+) -> None:
     while True:
         with transaction.atomic():
             rows = _lock_due_batch(now=now, after=last_key, limit=batch_size)
@@ -117,16 +179,8 @@ def scan_due(
         summary.subscriptions += len(rows)
         summary.payments_created += payments_created
         summary.jobs_created += len(job_ids)
-        if publish and job_ids:
-            summary.jobs_published += _publish(job_ids, summary)
-
-    dunning_job_ids = _schedule_dunning(now=now, batch_size=batch_size)
-    summary.dunning_retries = len(dunning_job_ids)
-    summary.jobs_created += len(dunning_job_ids)
-    if publish and dunning_job_ids:
-        summary.jobs_published += _publish(dunning_job_ids, summary)
-    summary.seconds = round(time.perf_counter() - started, 3)
-    return summary
+        if publisher is not None and job_ids:
+            publisher.submit(job_ids)
 
 
 def _publish(job_ids: list[str], summary: ScanSummary) -> int:

@@ -13,6 +13,11 @@ def _ensure_periodic_tasks(sender: Any, app_config: Any = None, **kwargs: Any) -
     # Runs once per app after migrate; only act for ours, once the beat tables exist.
     if app_config is None or app_config.name != "autopay":
         return
+    from django.db import connection
+
+    # `migrate autopay` alone, or beat's tables migrated away: nothing to write into yet.
+    if "django_celery_beat_periodictask" not in connection.introspection.table_names():
+        return
     from autopay.schedule import sync_periodic_tasks
 
     sync_periodic_tasks()

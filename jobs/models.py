@@ -25,8 +25,9 @@ class Job(models.Model):
     OPEN_STATUSES = (Status.WAITING, Status.ACTIVE, Status.DELAYED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Indexed by job_sub_idx (subscription, -created_at).
     subscription = models.ForeignKey(
-        "subscriptions.Subscription", on_delete=models.PROTECT, related_name="jobs"
+        "subscriptions.Subscription", on_delete=models.PROTECT, related_name="jobs", db_index=False
     )
     payment = models.ForeignKey(
         "subscriptions.Payment", on_delete=models.PROTECT, related_name="jobs"

@@ -29,8 +29,12 @@ class Subscription(models.Model):
         MONTH = "month", "Month"
         YEAR = "year", "Year"
 
+    # Indexed by sub_owner_idx (owner, -created_at).
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="subscriptions"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="subscriptions",
+        db_index=False,
     )
     service_name = models.CharField(max_length=200)
     payer_address = models.CharField(max_length=42)
@@ -125,8 +129,9 @@ class Payment(models.Model):
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
 
+    # Indexed by the unique (subscription, period_start) constraint; no separate FK index.
     subscription = models.ForeignKey(
-        Subscription, on_delete=models.PROTECT, related_name="payments"
+        Subscription, on_delete=models.PROTECT, related_name="payments", db_index=False
     )
     period_index = models.PositiveIntegerField()
     period_start = models.DateTimeField()
@@ -138,14 +143,13 @@ class Payment(models.Model):
     token_address = models.CharField(max_length=42)
     token_decimals = models.PositiveSmallIntegerField(default=6)
     network = models.CharField(max_length=64)
-    status = models.CharField(
-        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
-    )
+    # Indexed through payment_status_idx (status, updated_at).
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     # EIP-3009 nonce derived from the payment's identity, so the chain refuses a second charge.
     authorization_nonce = models.CharField(max_length=66, blank=True, default="")
     valid_after = models.BigIntegerField(null=True, blank=True)
     valid_before = models.BigIntegerField(null=True, blank=True)
-    transaction_hash = models.CharField(max_length=66, blank=True, default="", db_index=True)
+    transaction_hash = models.CharField(max_length=66, blank=True, default="")
     # A block at or before the first signing: where a search for the settlement starts.
     search_from_block = models.BigIntegerField(null=True, blank=True)
     block_number = models.BigIntegerField(null=True, blank=True)
@@ -164,7 +168,6 @@ class Payment(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["subscription", "-period_start"], name="payment_sub_idx"),
             models.Index(fields=["status", "updated_at"], name="payment_status_idx"),
             models.Index(fields=["created_at"], name="payment_created_idx"),
         ]

@@ -200,8 +200,8 @@ def payment_trigger(*, subscription: Subscription) -> Any:
 
     now = timezone.now()
     with transaction.atomic():
-        # Serialises triggers on one subscription; the scan never takes this lock and relies
-        # on the unique constraints instead. The checks run on the locked row.
+        # Serialises triggers on one subscription; the scan skips rows locked here (SKIP
+        # LOCKED) and takes them on its next run. The checks run on the locked row.
         subscription = _locked(subscription)
         if not subscription.auto_pay_enabled:
             raise SubscriptionStateError("Auto-pay is not enabled for this subscription.")
