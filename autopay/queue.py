@@ -43,10 +43,10 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
             if template is None:
                 # Celery builds the first message; the others differ only by their ids, so
                 # they reuse its headers instead of paying as_task_v2's cost each time.
-                template = app.amqp.as_task_v2(task_id, PROCESS_TASK, args=[job_id], eta=eta)
+                template = app.amqp.as_task_v2(task_id, PROCESS_TASK, args=(job_id,), eta=eta)
                 headers, properties, body = template.headers, template.properties, template.body
             else:
-                args = [job_id]
+                args = (job_id,)
                 headers = {
                     **template.headers,
                     "id": task_id,
