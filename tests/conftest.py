@@ -139,6 +139,27 @@ def funded_wallet(
     return make
 
 
+@pytest.fixture
+def paying_subscription(funded_wallet: Callable[..., Any], user: Any, token_address: str) -> Any:
+    """An active subscription of ``user`` paid from a funded server-held wallet on the chain."""
+    from decimal import Decimal
+
+    from tests.factories import SubscriptionFactory, new_address
+
+    def make(amount: str = "12.5", balance_atomic: int = 1_000 * 10**6) -> Any:
+        wallet = funded_wallet(balance_atomic)
+        return SubscriptionFactory.create(
+            owner=user,
+            wallet=wallet,
+            payer_address=wallet.address,
+            recipient_address=new_address(),
+            token_address=token_address,
+            amount=Decimal(amount),
+        )
+
+    return make
+
+
 # --- real Celery workers ----------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ test_worker.py; here the job is processed by calling the engine directly.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,25 +15,9 @@ from autopay.chain.client import token_balance
 from jobs.models import Job
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
-from tests.factories import SubscriptionFactory, new_address
+from tests.factories import SubscriptionFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
-
-
-@pytest.fixture
-def paying_subscription(funded_wallet: Any, user: Any, token_address: str) -> Any:
-    def make(amount: str = "12.5", balance_atomic: int = 1_000 * 10**6) -> Subscription:
-        wallet = funded_wallet(balance_atomic)
-        return SubscriptionFactory.create(
-            owner=user,
-            wallet=wallet,
-            payer_address=wallet.address,
-            recipient_address=new_address(),
-            token_address=token_address,
-            amount=Decimal(amount),
-        )
-
-    return make
 
 
 def test_happy_path_moves_exact_amount_and_records(

@@ -3,7 +3,6 @@ and failures inside the SDK's settle keep their real classification."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,28 +11,13 @@ from autopay import engine
 from autopay.chain.relayer import get_relayer
 from jobs.models import Job
 from subscriptions import services
-from tests.factories import SubscriptionFactory, new_address
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
 
-def _subscription(funded_wallet: Any, user: Any, token_address: str) -> Any:
-    wallet = funded_wallet(10 * 10**6)
-    return SubscriptionFactory.create(
-        owner=user,
-        wallet=wallet,
-        payer_address=wallet.address,
-        recipient_address=new_address(),
-        token_address=token_address,
-        amount=Decimal("1"),
-    )
-
-
 def test_a_nonce_gap_left_by_dropped_transactions_heals(
     engine_settings: Any,
-    funded_wallet: Any,
-    user: Any,
-    token_address: str,
+    paying_subscription: Any,
     w3: Any,
     clean_redis: Any,
 ) -> None:
@@ -42,7 +26,7 @@ def test_a_nonce_gap_left_by_dropped_transactions_heals(
     # Three sends the chain never kept (evicted from the mempool): the stored next nonce is
     # ahead of anything the node knows.
     clean_redis.set(relayer._nonce_key, pending + 3)
-    subscription = _subscription(funded_wallet, user, token_address)
+    subscription = paying_subscription(amount="1", balance_atomic=10 * 10**6)
     job = services.payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
@@ -52,14 +36,14 @@ def test_a_nonce_gap_left_by_dropped_transactions_heals(
 
 
 def test_relayer_lock_contention_is_transient_not_a_failure(
-    engine_settings: Any, funded_wallet: Any, user: Any, token_address: str, clean_redis: Any
+    engine_settings: Any, paying_subscription: Any, clean_redis: Any
 ) -> None:
     engine_settings.RELAYER_LOCK_TIMEOUT_SECONDS = 0.2
     from autopay.chain import relayer as relayer_module
 
     relayer_module._relayers.clear()
     relayer = get_relayer()
-    subscription = _subscription(funded_wallet, user, token_address)
+    subscription = paying_subscription(amount="1", balance_atomic=10 * 10**6)
     job = services.payment_trigger(subscription=subscription)
     held = clean_redis.lock(relayer._lock_key, timeout=30)
     assert held.acquire(blocking=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,7 +23,6 @@ from autopay.chain.client import token_balance
 from jobs.models import Job
 from subscriptions import services
 from subscriptions.models import Payment
-from tests.factories import SubscriptionFactory, new_address
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
@@ -83,23 +81,11 @@ def remote_facilitator(engine_settings: Any) -> Iterator[tuple[str, _Facilitator
         server.server_close()
 
 
-def _subscription(funded_wallet: Any, user: Any, token_address: str, amount: str) -> Any:
-    wallet = funded_wallet(20 * 10**6)
-    return SubscriptionFactory.create(
-        owner=user,
-        wallet=wallet,
-        payer_address=wallet.address,
-        recipient_address=new_address(),
-        token_address=token_address,
-        amount=Decimal(amount),
-    )
-
-
 def test_payment_settles_through_a_remote_facilitator(
-    remote_facilitator: Any, funded_wallet: Any, user: Any, token_address: str
+    remote_facilitator: Any, paying_subscription: Any, token_address: str
 ) -> None:
     _, state = remote_facilitator
-    subscription = _subscription(funded_wallet, user, token_address, "2.5")
+    subscription = paying_subscription(amount="2.5", balance_atomic=20 * 10**6)
     job = services.payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
@@ -121,11 +107,11 @@ def test_payment_settles_through_a_remote_facilitator(
 
 
 def test_facilitator_5xx_is_transient(
-    remote_facilitator: Any, funded_wallet: Any, user: Any, token_address: str
+    remote_facilitator: Any, paying_subscription: Any, token_address: str
 ) -> None:
     _, state = remote_facilitator
     state.fail_with = 503
-    subscription = _subscription(funded_wallet, user, token_address, "1")
+    subscription = paying_subscription(amount="1", balance_atomic=20 * 10**6)
     job = services.payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
