@@ -78,8 +78,18 @@ class Job(models.Model):
                 name="job_waiting_idx",
                 condition=Q(status__in=["waiting", "delayed"]),
             ),
-            models.Index(fields=["status", "finished_at"], name="job_finished_idx"),
-            models.Index(fields=["error_code"], name="job_error_code_idx"),
+            # Partial: a job enters them only when it finishes, so the scan's inserts of
+            # waiting jobs do not pay for them.
+            models.Index(
+                fields=["finished_at"],
+                name="job_finished_idx",
+                condition=Q(status__in=["completed", "failed"]),
+            ),
+            models.Index(
+                fields=["error_code"],
+                name="job_error_code_idx",
+                condition=Q(status="failed"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -47,7 +47,9 @@ def job_stats(*, user: Any) -> dict[str, Any]:
     ]
     rates: dict[str, Any] = {}
     for label, window in (("lastHour", timedelta(hours=1)), ("lastDay", timedelta(days=1))):
-        finished = queryset.filter(finished_at__gte=now - window).aggregate(
+        finished = queryset.filter(
+            status__in=[Job.Status.COMPLETED, Job.Status.FAILED], finished_at__gte=now - window
+        ).aggregate(
             completed=Count("pk", filter=Q(status=Job.Status.COMPLETED)),
             failed=Count("pk", filter=Q(status=Job.Status.FAILED)),
         )

@@ -169,7 +169,6 @@ class Payment(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "updated_at"], name="payment_status_idx"),
-            models.Index(fields=["created_at"], name="payment_created_idx"),
         ]
 
     def __str__(self) -> str:
