@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from eth_utils import to_checksum_address
 
-from autopay.chain.client import ChainUnavailable, get_web3, token_balance
+from autopay.chain.client import ChainUnavailable, call_rpc, get_web3, token_balance
 from autopay.management.commands._chain import format_amount
 
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"{raw!r} is not an address") from exc
             try:
-                native = w3.eth.get_balance(address)
+                native = call_rpc(w3.eth.get_balance, address)
                 tokens = token_balance(token, address) if token else None
             except ChainUnavailable as exc:
                 raise CommandError(str(exc)) from exc
