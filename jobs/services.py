@@ -260,10 +260,17 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
             logger.warning("recovered job %s from an expired lease", job_id)
 
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
+    stale_waiting = Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
+    # A long backlog is not a lost message: when the broker holds at least as many messages
+    # as there are waiting jobs, old waiting jobs are only queued behind others.
+    from jobs.selectors import broker_queue_length
+
+    queued = broker_queue_length()
+    if queued is not None and queued >= Job.objects.filter(status=Job.Status.WAITING).count():
+        stale_waiting = Q(pk__in=[])
     stale = list(
         Job.objects.filter(
-            Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
-            | Q(status=Job.Status.DELAYED, next_attempt_at__lt=stale_before)
+            stale_waiting | Q(status=Job.Status.DELAYED, next_attempt_at__lt=stale_before)
         )
         .order_by("enqueued_at")
         .values_list("pk", flat=True)[:batch_size]
