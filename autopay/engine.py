@@ -109,7 +109,8 @@ class _Hooks:
         self.payment.transaction_hash = ""
 
 
-def _result(payment: Payment, settlement: Settlement) -> dict[str, Any]:
+def settlement_result(payment: Payment, settlement: Settlement) -> dict[str, Any]:
+    """A completed job's result in the baseline's shape (plus payment and block)."""
     return {
         "success": True,
         "transactionHash": settlement.transaction_hash,
@@ -129,7 +130,9 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
         block_number=settlement.block_number,
     )
     job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_CONFIRMED)
-    job_services.job_complete(job=job, worker_id=worker_id, result=_result(payment, settlement))
+    job_services.job_complete(
+        job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
+    )
     logger.info(
         "job %s completed: payment %s settled in %s%s",
         job.pk,
@@ -157,7 +160,6 @@ def _process_transient(
     job: Job,
     payment: Payment,
     worker_id: str,
-    hooks: _Hooks,
     error: errors.PaymentError,
     cause: BaseException,
 ) -> Outcome:
@@ -215,7 +217,9 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
 
     if payment.status == Payment.Status.COMPLETED:
         settlement = Settlement(payment.transaction_hash, payment.block_number, reconciled=True)
-        job_services.job_complete(job=job, worker_id=worker_id, result=_result(payment, settlement))
+        job_services.job_complete(
+            job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
+        )
         return Outcome("completed")
 
     if not subscription.auto_pay_enabled or subscription.status not in (
@@ -242,7 +246,7 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             )
         settlement = rail.reconcile(payment) or rail.pay(payment, hooks)
     except errors.TransientPaymentError as error:
-        return _process_transient(job, payment, worker_id, hooks, error, error)
+        return _process_transient(job, payment, worker_id, error, error)
     except errors.PermanentPaymentError as error:
         return _fail(job, payment, worker_id, error)
     except job_services.LeaseLost:
@@ -253,7 +257,6 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             job,
             payment,
             worker_id,
-            hooks,
             errors.TransientPaymentError(
                 "the attempt ran past the task's soft time limit", code="attempt_timeout"
             ),

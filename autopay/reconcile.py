@@ -9,6 +9,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from autopay import errors
+from autopay.engine import settlement_result
 from autopay.rails import get_rail
 from jobs.models import Job
 from subscriptions import services as subscription_services
@@ -84,13 +85,7 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
             Job.objects.filter(pk=latest.pk, status=Job.Status.FAILED).update(
                 status=Job.Status.COMPLETED,
                 progress=100,
-                result={
-                    "success": True,
-                    "transactionHash": settlement.transaction_hash,
-                    "subscriptionId": str(payment.subscription_id),
-                    "amount": format(payment.amount.normalize(), "f"),
-                    "reconciled": True,
-                },
+                result=settlement_result(payment, settlement),
                 finished_at=timezone.now(),
             )
         reconciled += 1

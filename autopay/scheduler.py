@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from autopay.queue import publish_jobs
 from jobs.models import Job
+from jobs.services import job_data
 from subscriptions import periods
 from subscriptions.models import Payment, Subscription
 
@@ -272,20 +273,18 @@ def _plan_batch(
         due = _due_periods(row, now=now, max_periods=max_periods)
         if not due:
             continue
-        # The job's input in the baseline's shape (jobs.services.job_snapshot); paymentId is
-        # added once the payment row exists.
-        subscription_id = str(row.id)
-        amount = format(row.amount.normalize(), "f")
         for index, start, end in due:
+            # paymentId is added once the payment row exists.
             data = json.dumps(
-                {
-                    "subscriptionId": subscription_id,
-                    "userAddress": row.payer_address,
-                    "amount": amount,
-                    "recipientAddress": row.recipient_address,
-                    "serviceName": row.service_name,
-                    "periodStart": start.astimezone(UTC).isoformat(),
-                }
+                job_data(
+                    subscription_id=row.id,
+                    payment_id=None,
+                    payer_address=row.payer_address,
+                    amount=row.amount,
+                    recipient_address=row.recipient_address,
+                    service_name=row.service_name,
+                    period_start=start,
+                )
             )
             new_payments.append(_NewPayment(row.id, index, start, end, data))
         next_index, next_due = due[-1][0] + 1, due[-1][2]
@@ -575,15 +574,15 @@ def _schedule_dunning(*, now: datetime, batch_size: int) -> list[str]:
                         uuid.uuid4(),
                         subscription_id,
                         payment_id,
-                        {
-                            "subscriptionId": str(subscription_id),
-                            "paymentId": str(payment_id),
-                            "userAddress": payer_address,
-                            "amount": format(amount.normalize(), "f"),
-                            "recipientAddress": recipient_address,
-                            "serviceName": service_name,
-                            "periodStart": period_start.astimezone(UTC).isoformat(),
-                        },
+                        job_data(
+                            subscription_id=subscription_id,
+                            payment_id=payment_id,
+                            payer_address=payer_address,
+                            amount=amount,
+                            recipient_address=recipient_address,
+                            service_name=service_name,
+                            period_start=period_start,
+                        ),
                     )
                     for (
                         payment_id,

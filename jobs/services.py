@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -34,18 +35,42 @@ class LeaseLost(Exception):
     """This worker no longer holds the job's lease (recovered or finished elsewhere)."""
 
 
-def job_snapshot(payment: Payment) -> dict[str, Any]:
-    """The job's input in the baseline's shape."""
-    subscription = payment.subscription
-    return {
-        "subscriptionId": str(subscription.pk),
-        "paymentId": str(payment.pk),
-        "userAddress": payment.payer_address,
-        "amount": format(payment.amount.normalize(), "f"),
-        "recipientAddress": payment.recipient_address,
-        "serviceName": subscription.service_name,
-        "periodStart": payment.period_start.isoformat(),
+def job_data(
+    *,
+    subscription_id: int,
+    payment_id: int | None,
+    payer_address: str,
+    amount: Decimal,
+    recipient_address: str,
+    service_name: str,
+    period_start: datetime,
+) -> dict[str, Any]:
+    """The job's input in the baseline's shape (paymentId left out while it is unknown)."""
+    data = {
+        "subscriptionId": str(subscription_id),
+        "paymentId": str(payment_id),
+        "userAddress": payer_address,
+        "amount": format(amount.normalize(), "f"),
+        "recipientAddress": recipient_address,
+        "serviceName": service_name,
+        "periodStart": period_start.astimezone(UTC).isoformat(),
     }
+    if payment_id is None:
+        del data["paymentId"]
+    return data
+
+
+def job_snapshot(payment: Payment) -> dict[str, Any]:
+    """The job's input for an existing payment."""
+    return job_data(
+        subscription_id=payment.subscription_id,
+        payment_id=payment.pk,
+        payer_address=payment.payer_address,
+        amount=payment.amount,
+        recipient_address=payment.recipient_address,
+        service_name=payment.subscription.service_name,
+        period_start=payment.period_start,
+    )
 
 
 def job_create(*, payment: Payment, source: str, publish: bool = True) -> Job:

@@ -163,9 +163,9 @@ def _refresh_next_payment_due(subscription: Subscription) -> None:
         .values_list("period_start", flat=True)
         .first()
     )
-    due = earliest_open or subscription.next_period_due_at
-    if earliest_open and earliest_open > subscription.next_period_due_at:
-        due = subscription.next_period_due_at
+    due = subscription.next_period_due_at
+    if earliest_open is not None:
+        due = min(earliest_open, due)
     if due != subscription.next_payment_due_at:
         Subscription.objects.filter(pk=subscription.pk).update(
             next_payment_due_at=due, updated_at=timezone.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import factory
@@ -11,7 +12,9 @@ from eth_account import Account
 
 from autopay.custody import encrypt_private_key
 from autopay.models import PayerWallet
-from subscriptions.models import Subscription
+from jobs.models import Job
+from subscriptions.models import Payment, Subscription
+from subscriptions.services import payment_build
 
 
 def new_address() -> str:
@@ -63,3 +66,28 @@ class SubscriptionFactory(factory.django.DjangoModelFactory[Subscription]):
     next_period_due_at = factory.LazyAttribute(lambda sub: sub.billing_anchor)
     auto_pay_enabled = True
     status = Subscription.Status.ACTIVE
+
+
+def failed_job(
+    subscription: Subscription,
+    *,
+    index: int = 0,
+    code: str = "insufficient_balance",
+    ago: timedelta = timedelta(minutes=5),
+) -> Job:
+    """A failed job on a failed payment of ``subscription``'s ``index``-th period."""
+    payment = Payment.objects.filter(subscription=subscription, period_index=index).first()
+    if payment is None:
+        payment = payment_build(subscription=subscription, index=index)
+    payment.status = Payment.Status.FAILED
+    payment.error_code = code
+    payment.save()
+    return Job.objects.create(
+        subscription=subscription,
+        payment=payment,
+        status=Job.Status.FAILED,
+        error_code=code,
+        error=f"failed with {code}",
+        attempts_made=1,
+        finished_at=timezone.now() - ago,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +34,3 @@ class PaymentRail(Protocol):
 
     def pay(self, payment: Payment, hooks: PaymentHooks) -> Settlement:
         """Sign, verify, settle and confirm; raise a PaymentError on failure."""
-
-
-Callback = Callable[..., None]

@@ -16,7 +16,7 @@ from django.utils import timezone
 from jobs.models import Job
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import payment_build
-from tests.factories import SubscriptionFactory
+from tests.factories import SubscriptionFactory, failed_job
 
 pytestmark = pytest.mark.django_db
 
@@ -25,31 +25,6 @@ def run(*args: str, stderr: Any = None) -> str:
     out = io.StringIO()
     call_command(*args, stdout=out, stderr=stderr or io.StringIO())
     return out.getvalue()
-
-
-def failed_job(
-    subscription: Subscription,
-    *,
-    index: int = 0,
-    code: str = "insufficient_balance",
-    ago: timedelta = timedelta(minutes=5),
-) -> Job:
-    """A failed job on a failed payment of ``subscription``'s ``index``-th period."""
-    payment = Payment.objects.filter(subscription=subscription, period_index=index).first()
-    if payment is None:
-        payment = payment_build(subscription=subscription, index=index)
-    payment.status = Payment.Status.FAILED
-    payment.error_code = code
-    payment.save()
-    return Job.objects.create(
-        subscription=subscription,
-        payment=payment,
-        status=Job.Status.FAILED,
-        error_code=code,
-        error=f"failed with {code}",
-        attempts_made=1,
-        finished_at=timezone.now() - ago,
-    )
 
 
 def retries_of(job: Job) -> list[Job]:

@@ -20,6 +20,15 @@ from tests.factories import SubscriptionFactory
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
 
+class _NoHooks:
+    """Rail hooks that record nothing: the rail paying outside any job, as a lost attempt."""
+
+    def prepared(self, **kwargs: Any) -> None: ...
+    def progress(self, percent: int) -> None: ...
+    def signed_transaction(self, tx_hash: str) -> None: ...
+    def unsent_transaction(self, tx_hash: str) -> None: ...
+
+
 def test_happy_path_moves_exact_amount_and_records(
     paying_subscription: Any, token_address: str
 ) -> None:
@@ -133,13 +142,7 @@ def test_a_period_already_settled_on_chain_is_recorded_not_paid_again(
     payment = job.payment
     rail = X402ExactRail.from_settings()
 
-    class _Hooks:
-        def prepared(self, **kwargs: Any) -> None: ...
-        def progress(self, percent: int) -> None: ...
-        def signed_transaction(self, tx_hash: str) -> None: ...
-        def unsent_transaction(self, tx_hash: str) -> None: ...
-
-    first = rail.pay(payment, _Hooks())  # settles outside the job, as a lost attempt would
+    first = rail.pay(payment, _NoHooks())  # settles outside the job, as a lost attempt would
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
     assert outcome.status == "completed"
@@ -163,13 +166,7 @@ def test_reconcile_completes_a_submitted_payment_the_chain_settled(
     subscription = paying_subscription(amount="1")
     job = services.payment_trigger(subscription=subscription)
 
-    class _Hooks:
-        def prepared(self, **kwargs: Any) -> None: ...
-        def progress(self, percent: int) -> None: ...
-        def signed_transaction(self, tx_hash: str) -> None: ...
-        def unsent_transaction(self, tx_hash: str) -> None: ...
-
-    settled = X402ExactRail.from_settings().pay(job.payment, _Hooks())
+    settled = X402ExactRail.from_settings().pay(job.payment, _NoHooks())
     # The worker died after broadcasting; its job failed for good (no job in flight).
     job_services.job_fail(job=job, worker_id=None, code="worker_lost", message="lost")
     old = timezone.now() - timedelta(minutes=10)

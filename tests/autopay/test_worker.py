@@ -144,6 +144,14 @@ def test_two_workers_racing_for_one_job_charge_once(
     assert _transfers_for(w3, token_address, wallet.address) == 5
 
 
+def _on_own_chain(w3: Web3, user: Any, *, amount: str) -> tuple[str, Any, Subscription]:
+    """A token deployed on a test's own chain, a wallet holding 20 of it, a subscription."""
+    token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
+    wallet = PayerWalletFactory.create(owner=user)
+    mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
+    return token_address, wallet, _subscription(wallet, token_address, amount=amount)
+
+
 @pytest.fixture
 def own_chain(tmp_path: Any) -> Any:
     """A chain of this test's own, so that it can be stopped and restarted with its state."""
@@ -165,10 +173,7 @@ def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
 ) -> None:
     node, restart = own_chain
     w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
-    token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
-    wallet = PayerWalletFactory.create(owner=user)
-    mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
-    subscription = _subscription(wallet, token_address, amount="2")
+    token_address, wallet, subscription = _on_own_chain(w3, user, amount="2")
     chain = {
         "CHAIN_RPC_URL": node.rpc_url,
         "TOKEN_ADDRESS": token_address,
@@ -204,10 +209,7 @@ def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
     node = AnvilProcess(port=free_port(), block_time=3).start()
     try:
         w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
-        token_address = deploy_token(w3, ANVIL_DEV_KEYS[0])
-        wallet = PayerWalletFactory.create(owner=user)
-        mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 20 * 10**6)
-        subscription = _subscription(wallet, token_address, amount="4")
+        token_address, wallet, subscription = _on_own_chain(w3, user, amount="4")
         env = {
             "CHAIN_RPC_URL": node.rpc_url,
             "TOKEN_ADDRESS": token_address,

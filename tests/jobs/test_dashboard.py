@@ -17,7 +17,7 @@ from jobs import analytics
 from jobs.models import Job
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import payment_build
-from tests.factories import SubscriptionFactory
+from tests.factories import SubscriptionFactory, failed_job
 
 pytestmark = pytest.mark.django_db
 
@@ -47,24 +47,6 @@ def finished_payment(
     # updated_at is auto_now: a queryset update sets the failure's recorded time.
     Payment.objects.filter(pk=payment.pk).update(updated_at=at)
     return payment
-
-
-def failed_job(
-    subscription: Subscription, *, index: int = 0, code: str = "insufficient_balance"
-) -> Job:
-    payment = payment_build(subscription=subscription, index=index)
-    payment.status = Payment.Status.FAILED
-    payment.error_code = code
-    payment.save()
-    return Job.objects.create(
-        subscription=subscription,
-        payment=payment,
-        status=Job.Status.FAILED,
-        error_code=code,
-        error=f"payer cannot pay ({code})",
-        attempts_made=1,
-        finished_at=timezone.now(),
-    )
 
 
 @pytest.fixture
