@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import close_old_connections
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import close_old_connections, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -144,16 +146,48 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
 
 
 def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError) -> Outcome:
-    # Only the lease holder may fail the job, and only then is the payment marked failed.
-    if not job_services.job_fail(
-        job=job, worker_id=worker_id, code=error.code, message=error.message
-    ):
-        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
-    subscription_services.payment_record_failure(
-        payment=payment, code=error.code, message=error.message
-    )
+    """Fail the job and its payment in one transaction: nobody ever reads a failed job whose
+    payment is still in flight. Only the lease holder may fail the job, and only then is the
+    payment marked failed."""
+    with transaction.atomic():
+        # The payment's row lock first, in the order job_retry and payment_trigger take theirs
+        # (payment, then the job index): a retry inserting a job for this payment meanwhile
+        # waits for this transaction instead of deadlocking with it.
+        Payment.objects.select_for_update().filter(pk=payment.pk).exists()
+        if not job_services.job_fail(
+            job=job, worker_id=worker_id, code=error.code, message=error.message
+        ):
+            raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+        subscription_services.payment_record_failure(
+            payment=payment, code=error.code, message=error.message
+        )
     logger.warning("job %s failed: %s (%s)", job.pk, error.code, error.message)
     return Outcome("failed")
+
+
+def _wait_for_configuration(
+    job: Job, worker_id: str, error: errors.ConfigurationError, cause: BaseException
+) -> Outcome:
+    """The operator's configuration stops this job: it waits (delayed, its attempt given
+    back) and is tried again until the configuration is fixed. Nothing is charged and
+    nothing is recorded against the payment or the subscription."""
+    countdown = float(settings.AUTOPAY_CONFIGURATION_RETRY_SECONDS)
+    if not job_services.job_delay(
+        job=job,
+        worker_id=worker_id,
+        countdown=countdown,
+        code=error.code,
+        message=error.message,
+        count_attempt=False,
+    ):
+        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+    logger.error(
+        "job %s waits for the operator: %s; checking again in %.0fs",
+        job.pk,
+        error.message,
+        countdown,
+    )
+    return Outcome("delayed", retry_in=countdown)
 
 
 def _process_transient(
@@ -245,6 +279,10 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
                 "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
             )
         settlement = rail.reconcile(payment) or rail.pay(payment, hooks)
+    except errors.ConfigurationError as error:
+        return _wait_for_configuration(job, worker_id, error, error)
+    except ImproperlyConfigured as exc:
+        return _wait_for_configuration(job, worker_id, errors.ConfigurationError(str(exc)), exc)
     except errors.TransientPaymentError as error:
         return _process_transient(job, payment, worker_id, error, error)
     except errors.PermanentPaymentError as error:

@@ -60,6 +60,14 @@ class SettlementPending(TransientPaymentError):
     code = "settlement_pending"
 
 
+class ConfigurationError(TransientPaymentError):
+    """The operator's configuration stops payments (encryption key, relayer key, token,
+    facilitator credentials). Never the customer's fault: the job waits, its attempts
+    untouched, the subscription is not moved to past_due, and /health names the part."""
+
+    code = "configuration_error"
+
+
 class InsufficientBalance(PermanentPaymentError):
     """The payer's token balance is lower than the amount due."""
 
@@ -91,7 +99,8 @@ class RailNotConfigured(PermanentPaymentError):
 
 
 class SignerUnavailable(PermanentPaymentError):
-    """No signer can authorize payments for this payer (no wallet attached)."""
+    """No signer may authorize payments for this payer: no wallet of the subscription's owner
+    is attached, or the attached wallet does not hold the payer's key."""
 
     code = "signer_unavailable"
 

@@ -6,7 +6,8 @@ scrape: PostgreSQL for jobs and payments (the source of truth), Redis for the sc
 ``record_scan`` accumulates from whichever beat or worker process ran the scan. No
 prometheus_client multiprocess mode, no shared directory.
 
-Access: open when ``METRICS_TOKEN`` is empty, otherwise ``Authorization: Bearer <token>``.
+Access: ``Authorization: Bearer <METRICS_TOKEN>``; without a token it answers 403 unless
+``METRICS_PUBLIC=true`` (a scraper on a private network).
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ registry.register(AutopayCollector())
 
 
 def metrics_token() -> str:
-    """The bearer token that guards /metrics; empty means open.
+    """The bearer token that guards /metrics; empty means closed unless METRICS_PUBLIC.
 
     Read from settings, and from the environment when settings does not define it, so that a
     token set in the environment is never silently ignored (which would leave /metrics open).
@@ -312,6 +313,13 @@ def _authorized(request: HttpRequest, token: str) -> bool:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition of the engine's metrics."""
     token = metrics_token()
+    if not token and not getattr(settings, "METRICS_PUBLIC", False):
+        # Closed by default: the figures tell anyone how much money moves and for whom.
+        return HttpResponse(
+            "Forbidden: set METRICS_TOKEN (or METRICS_PUBLIC=true on a private network)\n",
+            status=403,
+            content_type="text/plain",
+        )
     if token and not _authorized(request, token):
         response = HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'

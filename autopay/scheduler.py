@@ -66,6 +66,9 @@ class _NewPayment(NamedTuple):
     period_end: datetime
     # The job's data without paymentId (unknown until the row exists), as JSON text.
     data: str
+    # 'pending' (charged: a job is created) or 'waived' (owed while the engine was down,
+    # beyond AUTOPAY_MAX_MISSED_PERIODS: recorded, never charged).
+    status: str = Payment.Status.PENDING
 
 
 @dataclass
@@ -245,21 +248,33 @@ def _lock_due_batch_postgresql(
 
 def _due_periods(
     row: _DueRow, *, now: datetime, max_periods: int
-) -> list[tuple[int, datetime, datetime]]:
-    """(index, start, end) of each due period of one subscription, oldest first, capped."""
-    due: list[tuple[int, datetime, datetime]] = []
-    index = row.next_period_index
-    start = row.next_period_due_at
-    while start <= now and len(due) < max_periods:
-        end = periods.period_start(
-            anchor=row.billing_anchor,
-            unit=row.interval_unit,
-            count=row.interval_count,
-            index=index + 1,
+) -> tuple[list[tuple[int, datetime, datetime]], list[tuple[int, datetime, datetime]]]:
+    """(index, start, end) of the periods to waive and of those to charge (oldest first,
+    at most ``max_periods`` in this visit) of one due subscription."""
+    current = periods.period_index_at(
+        anchor=row.billing_anchor, unit=row.interval_unit, count=row.interval_count, moment=now
+    )
+    if current < row.next_period_index:
+        return [], []
+    waived, charged = periods.missed_period_split(
+        next_index=row.next_period_index,
+        current_index=current,
+        max_missed=settings.AUTOPAY_MAX_MISSED_PERIODS,
+    )
+
+    def bounds(index: int) -> tuple[int, datetime, datetime]:
+        start, end = (
+            periods.period_start(
+                anchor=row.billing_anchor,
+                unit=row.interval_unit,
+                count=row.interval_count,
+                index=position,
+            )
+            for position in (index, index + 1)
         )
-        due.append((index, start, end))
-        index, start = index + 1, end
-    return due
+        return index, start, end
+
+    return [bounds(index) for index in waived], [bounds(index) for index in charged[:max_periods]]
 
 
 def _plan_batch(
@@ -270,9 +285,11 @@ def _plan_batch(
     cursors: list[tuple[int, int, datetime]] = []
     still_due: list[int] = []
     for row in rows:
-        due = _due_periods(row, now=now, max_periods=max_periods)
+        waived, due = _due_periods(row, now=now, max_periods=max_periods)
         if not due:
             continue
+        for index, start, end in waived:
+            new_payments.append(_NewPayment(row.id, index, start, end, "{}", Payment.Status.WAIVED))
         for index, start, end in due:
             # paymentId is added once the payment row exists.
             data = json.dumps(
@@ -309,22 +326,23 @@ _POSTGRESQL_BATCH = """
 WITH wanted AS (
     SELECT * FROM unnest(
         %(subscription_ids)b::bigint[], %(indexes)b::integer[],
-        %(starts)b::timestamptz[], %(ends)b::timestamptz[], %(data)b::text[]
-    ) AS wanted(subscription_id, period_index, period_start, period_end, data)
+        %(starts)b::timestamptz[], %(ends)b::timestamptz[], %(data)b::text[],
+        %(statuses)b::text[]
+    ) AS wanted(subscription_id, period_index, period_start, period_end, data, status)
 ),
 new_payments AS (
     INSERT INTO {payment_table} (
         subscription_id, period_index, period_start, period_end, amount, payer_address,
-        recipient_address, token_address, token_decimals, network, status,
+        wallet_id, recipient_address, token_address, token_decimals, network, status,
         authorization_nonce, transaction_hash, error_code, error_message, created_at, updated_at
     )
     SELECT wanted.subscription_id, wanted.period_index, wanted.period_start, wanted.period_end,
-           s.amount, s.payer_address, s.recipient_address, s.token_address, s.token_decimals,
-           s.network, 'pending', '', '', '', '', %(now)b, %(now)b
+           s.amount, s.payer_address, s.wallet_id, s.recipient_address, s.token_address,
+           s.token_decimals, s.network, wanted.status, '', '', '', '', %(now)b, %(now)b
     FROM wanted JOIN {subscription_table} AS s ON s.id = wanted.subscription_id
     ORDER BY wanted.subscription_id, wanted.period_index
     ON CONFLICT (subscription_id, period_start) DO NOTHING
-    RETURNING id, subscription_id, period_start
+    RETURNING id, subscription_id, period_start, status
 ),
 new_jobs AS (
     INSERT INTO {job_table} (
@@ -339,6 +357,7 @@ new_jobs AS (
     FROM new_payments AS p
     JOIN wanted ON wanted.subscription_id = p.subscription_id
                AND wanted.period_start = p.period_start
+    WHERE p.status = 'pending'
     ORDER BY p.id
     ON CONFLICT DO NOTHING
     RETURNING id
@@ -364,7 +383,7 @@ def _write_batch_postgresql(
         job_table=Job._meta.db_table,
         subscription_table=Subscription._meta.db_table,
     )
-    subscription_ids, indexes, starts, ends, data = zip(*new_payments, strict=True)
+    subscription_ids, indexes, starts, ends, data, statuses = zip(*new_payments, strict=True)
     cursor_ids, cursor_indexes, cursor_dues = zip(*cursors, strict=True)
     with _binary_cursor() as cursor:
         cursor.execute(
@@ -375,6 +394,7 @@ def _write_batch_postgresql(
                 "starts": list(starts),
                 "ends": list(ends),
                 "data": list(data),
+                "statuses": list(statuses),
                 "now": now,
                 "source": Job.Source.SCHEDULER,
                 "max_attempts": settings.AUTOPAY_JOB_MAX_ATTEMPTS,
@@ -417,7 +437,10 @@ def _write_batch_portable(
     created = _insert_payments(new_payments, now=now)
     job_rows = []
     for payment_id, subscription_id, period_start in created:
-        data = json.loads(wanted[(subscription_id, period_start)].data)
+        planned = wanted[(subscription_id, period_start)]
+        if planned.status != Payment.Status.PENDING:
+            continue
+        data = json.loads(planned.data)
         data["paymentId"] = str(payment_id)
         job_rows.append((uuid.uuid4(), subscription_id, payment_id, data))
     job_ids = _insert_jobs(job_rows, source=Job.Source.SCHEDULER, now=now)
@@ -434,18 +457,19 @@ def _insert_payments(
     created: list[tuple[int, int, datetime]] = []
     with connection.cursor() as cursor:
         for chunk in _chunks(new_payments, 200):
-            values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
             sql = (
                 # Names come from model meta, values are parameters.
-                f"WITH wanted(subscription_id, period_index, period_start, period_end, seq) AS "  # noqa: S608
+                "WITH wanted(subscription_id, period_index, period_start, period_end, seq, "  # noqa: S608
+                f"status) AS "
                 f"(VALUES {values}) "
                 f"INSERT INTO {payment_table} (subscription_id, period_index, period_start, "
-                "period_end, amount, payer_address, recipient_address, token_address, "
+                "period_end, amount, payer_address, wallet_id, recipient_address, token_address, "
                 "token_decimals, network, status, authorization_nonce, transaction_hash, "
                 "error_code, error_message, created_at, updated_at) "
                 "SELECT w.subscription_id, w.period_index, w.period_start, w.period_end, "
-                "s.amount, s.payer_address, s.recipient_address, s.token_address, "
-                "s.token_decimals, s.network, 'pending', '', '', '', '', %s, %s "
+                "s.amount, s.payer_address, s.wallet_id, s.recipient_address, s.token_address, "
+                "s.token_decimals, s.network, w.status, '', '', '', '', %s, %s "
                 f"FROM wanted AS w JOIN {subscription_table} AS s ON s.id = w.subscription_id "
                 "WHERE true ORDER BY w.seq "
                 "ON CONFLICT (subscription_id, period_start) DO NOTHING "
@@ -460,6 +484,7 @@ def _insert_payments(
                         _db_datetime(payment.period_start),
                         _db_datetime(payment.period_end),
                         seq,
+                        payment.status,
                     ]
                 )
             params.extend([_db_datetime(now), _db_datetime(now)])

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from celery.signals import worker_ready
+from django.db import connections
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
+
+from autopay.configuration import configuration_problems
+
+logger = logging.getLogger(__name__)
 
 
 @receiver(post_migrate)
@@ -21,3 +28,23 @@ def _ensure_periodic_tasks(sender: Any, app_config: Any = None, **kwargs: Any) -
     from autopay.schedule import sync_periodic_tasks
 
     sync_periodic_tasks()
+
+
+@worker_ready.connect
+def _report_configuration(**kwargs: Any) -> None:
+    """One clear line at start-up when payments cannot be made; the jobs themselves wait."""
+    try:
+        problems = configuration_problems()
+    except Exception:
+        logger.exception("could not check the payment configuration at start-up")
+        return
+    finally:
+        # The worker's main process does not use the database: no connection kept open.
+        connections.close_all()
+    if problems:
+        logger.error(
+            "payments are misconfigured, jobs will wait until this is fixed: %s",
+            "; ".join(problems),
+        )
+    else:
+        logger.info("payment configuration: ok")

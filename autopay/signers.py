@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from django.core.exceptions import ImproperlyConfigured
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
-from autopay.custody import decrypt_private_key
-from autopay.errors import SignerUnavailable
+from autopay.custody import KeyCustodyError, decrypt_private_key
+from autopay.errors import ConfigurationError, SignerUnavailable
 from autopay.models import PayerWallet
 
 TRANSFER_WITH_AUTHORIZATION_TYPES = {
@@ -80,7 +81,13 @@ class ServerWalletSigner:
     def sign(self, authorization: TransferAuthorization) -> str:
         if to_checksum_address(authorization.payer) != to_checksum_address(self.address):
             raise SignerUnavailable("authorization payer does not match the wallet")
-        key = decrypt_private_key(self._wallet.encrypted_private_key)
+        try:
+            key = decrypt_private_key(self._wallet.encrypted_private_key)
+        except (ImproperlyConfigured, KeyCustodyError) as exc:
+            # The operator's key setup, not the customer's wallet: the job waits for a fix.
+            raise ConfigurationError(
+                f"wallet key cannot be decrypted: {exc} (AUTOPAY_KEY_ENCRYPTION_KEYS)"
+            ) from exc
         signed = Account.sign_typed_data(
             key,
             domain_data=authorization.domain(),
@@ -91,13 +98,26 @@ class ServerWalletSigner:
         return "0x" + bytes(signed.signature).hex().removeprefix("0x")
 
 
-def signer_for_payer(payer_address: str) -> AuthorizationSigner:
-    """The signer for a payer address, or SignerUnavailable when none can sign for it."""
-    wallet = PayerWallet.objects.filter(address=to_checksum_address(payer_address)).first()
+def signer_for_payment(
+    *, wallet_id: int | None, owner_id: int, payer_address: str
+) -> AuthorizationSigner:
+    """The signer of a payment: the wallet ``wallet_id`` if, and only if, it belongs to
+    ``owner_id`` (the subscription's owner) and holds the key of ``payer_address``.
+
+    Keys are never looked up by address alone: an address is public, so a lookup by address
+    would let anyone who names another user's wallet spend from it.
+    """
+    wallet = (
+        PayerWallet.objects.filter(pk=wallet_id, owner_id=owner_id).first()
+        if wallet_id is not None
+        else None
+    )
     if wallet is None:
         raise SignerUnavailable(
-            f"no auto-pay wallet holds the key of payer {payer_address}; attach a wallet"
+            "no wallet of the subscription's owner is attached to this payment; nothing was signed"
         )
+    if to_checksum_address(wallet.address) != to_checksum_address(payer_address):
+        raise SignerUnavailable("the attached wallet does not hold the payer's key")
     return ServerWalletSigner(wallet)
 
 

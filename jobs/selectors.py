@@ -62,7 +62,8 @@ def job_stats(*, user: Any) -> dict[str, Any]:
     return {
         "counts": counts,
         "total": sum(counts.values()),
-        "queueLength": broker_queue_length(),
+        # The broker's queue holds every user's work: only staff see its length.
+        "queueLength": broker_queue_length() if user.is_staff else None,
         "oldestWaitingAt": oldest_waiting.isoformat() if oldest_waiting else None,
         "oldestWaitingAgeSeconds": (
             round((now - oldest_waiting).total_seconds(), 1) if oldest_waiting else None

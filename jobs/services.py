@@ -180,10 +180,21 @@ def job_fail(*, job: Job, worker_id: str | None, code: str, message: str) -> boo
     return bool(updated)
 
 
-def job_delay(*, job: Job, worker_id: str, countdown: float, code: str, message: str) -> bool:
-    """Park the job until its next attempt after a transient error."""
+def job_delay(
+    *,
+    job: Job,
+    worker_id: str,
+    countdown: float,
+    code: str,
+    message: str,
+    count_attempt: bool = True,
+) -> bool:
+    """Park the job until its next attempt after a transient error. ``count_attempt=False``
+    gives the attempt back (the job waited for the operator, it did not try to pay)."""
     now = timezone.now()
+    extra: dict[str, Any] = {} if count_attempt else {"attempts_made": F("attempts_made") - 1}
     updated = _held(job, worker_id).update(
+        **extra,
         status=Job.Status.DELAYED,
         error_code=code,
         error=message[:2000],

@@ -48,9 +48,8 @@ class SubscriptionAdminForm(forms.ModelForm):
         fields = (
             "owner",
             "service_name",
-            "payer_address",
-            "recipient_address",
             "wallet",
+            "recipient_address",
             "amount",
             "token_address",
             "token_decimals",
@@ -66,9 +65,6 @@ class SubscriptionAdminForm(forms.ModelForm):
         if value:
             validator(value)
         return value
-
-    def clean_payer_address(self) -> Any:
-        return self._validated("payer_address", validators.validate_checksum_address)
 
     def clean_recipient_address(self) -> Any:
         return self._validated("recipient_address", validators.validate_checksum_address)
@@ -88,14 +84,34 @@ class SubscriptionAdminForm(forms.ModelForm):
                 validators.validate_amount(amount, decimals=decimals)
             except ValidationError as exc:
                 self.add_error("amount", exc)
-        wallet = cleaned.get("wallet")
-        if wallet is not None:
-            owner = cleaned.get("owner") or getattr(self.instance, "owner", None)
-            if owner is not None and wallet.owner_id != owner.pk:
-                self.add_error("wallet", "The wallet belongs to another user.")
-            payer = cleaned.get("payer_address", self.instance.payer_address)
-            if payer and payer != wallet.address:
-                self.add_error("payer_address", "Must equal the attached wallet's address.")
+        # Whose money: the payer is always the wallet's address, and the wallet must be the
+        # subscription owner's (staff cannot attach one user's wallet to another's
+        # subscription). The billing anchor is the operator's to set freely.
+        wallet = cleaned.get("wallet", getattr(self.instance, "wallet", None))
+        owner = cleaned.get("owner") or getattr(self.instance, "owner", None)
+        if wallet is None:
+            self.add_error("wallet", "Attach one of the owner's wallets.")
+        elif owner is not None and wallet.owner_id != owner.pk:
+            self.add_error("wallet", "The wallet belongs to another user.")
+        else:
+            self.instance.payer_address = wallet.address
+        network = cleaned.get("network", self.instance.network)
+        token = cleaned.get("token_address", self.instance.token_address)
+        if network and token and "token_address" in self.fields:
+            try:
+                validators.validate_token(token, network=network)
+            except ValidationError as exc:
+                self.add_error("token_address", exc)
+        recipient = cleaned.get("recipient_address")
+        if recipient:
+            try:
+                validators.validate_recipient(
+                    recipient,
+                    payer=wallet.address if wallet is not None else None,
+                    token_address=token or None,
+                )
+            except ValidationError as exc:
+                self.add_error("recipient_address", exc)
         return cleaned
 
 
@@ -117,7 +133,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_filter = ("status", "auto_pay_enabled", "interval_unit", "network")
     search_fields = ("=id", "service_name", "payer_address", "recipient_address", "owner__username")
     readonly_fields = (
+        "payer_address",
         "status",
+        "status_reason",
         "next_payment_index",
         "next_payment_due_at",
         "next_period_index",

@@ -66,6 +66,9 @@ class Subscription(models.Model):
     next_period_due_at = models.DateTimeField()
     auto_pay_enabled = models.BooleanField(default=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Why the engine (not the owner) stopped this subscription, e.g. a payer wallet that is
+    # not the owner's; shown in the API and the admin. Empty when nothing is wrong.
+    status_reason = models.CharField(max_length=300, blank=True, default="")
     # Subscription-level retries (dunning) after a payment's job has failed.
     dunning_attempts = models.PositiveSmallIntegerField(default=0)
     dunning_next_retry_at = models.DateTimeField(null=True, blank=True)
@@ -128,6 +131,8 @@ class Payment(models.Model):
         SUBMITTED = "submitted", "Submitted on-chain"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
+        # Owed while the engine was down, older than AUTOPAY_MAX_MISSED_PERIODS: never charged.
+        WAIVED = "waived", "Waived (missed while the engine was down; never charged)"
 
     # Indexed by the unique (subscription, period_start) constraint; no separate FK index.
     subscription = models.ForeignKey(
@@ -139,6 +144,16 @@ class Payment(models.Model):
     amount = models.DecimalField(max_digits=36, decimal_places=18)
     # Snapshot of who pays whom, taken when the payment is created.
     payer_address = models.CharField(max_length=42)
+    # The server-held wallet that signs for payer_address, taken from the subscription when the
+    # payment is created; the signer loads its key by this id and the subscription's owner.
+    wallet = models.ForeignKey(
+        "autopay.PayerWallet",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="payments",
+        db_index=False,
+    )
     recipient_address = models.CharField(max_length=42)
     token_address = models.CharField(max_length=42)
     token_decimals = models.PositiveSmallIntegerField(default=6)
@@ -180,4 +195,4 @@ class Payment(models.Model):
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in (self.Status.COMPLETED, self.Status.FAILED)
+        return self.status in (self.Status.COMPLETED, self.Status.FAILED, self.Status.WAIVED)

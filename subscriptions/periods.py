@@ -55,3 +55,13 @@ def period_index_at(*, anchor: datetime, unit: str, count: int, moment: datetime
     while period_start(anchor=anchor, unit=unit, count=count, index=index + 1) <= moment:
         index += 1
     return index
+
+
+def missed_period_split(
+    *, next_index: int, current_index: int, max_missed: int
+) -> tuple[range, range]:
+    """Of the periods from ``next_index`` up to the current one, which are waived and which are
+    charged: at most ``max_missed`` (the newest) are charged, oldest first; older ones owed
+    while the engine was down are waived, never charged."""
+    first_charged = max(next_index, current_index - max(max_missed, 1) + 1)
+    return range(next_index, first_charged), range(first_charged, current_index + 1)

@@ -25,6 +25,23 @@ class PaymentConflict(Exception):
     """The period's payment is already in flight or paid (HTTP 409)."""
 
 
+class ForeignWallet(SubscriptionStateError):
+    """The wallet does not belong to the subscription's owner (HTTP 400). Checked here as well
+    as in the serializer, so that no caller (admin, command, a future API) can skip it."""
+
+
+def _check_wallet(*, owner_id: Any, wallet: Any, payer_address: str) -> None:
+    if wallet is None:
+        raise ForeignWallet("A custodial subscription needs one of its owner's wallets.")
+    if wallet.owner_id != owner_id:
+        raise ForeignWallet("The wallet belongs to another user.")
+    if payer_address != wallet.address:
+        raise ForeignWallet("The payer address must be the wallet's address.")
+
+
+# A payment in one of these states is owed nothing more.
+SETTLED_STATUSES = (Payment.Status.COMPLETED, Payment.Status.WAIVED)
+
 UPDATABLE_FIELDS = (
     "service_name",
     "recipient_address",
@@ -51,7 +68,11 @@ def subscription_create(
     wallet: Any = None,
     token_decimals: int | None = None,
 ) -> Subscription:
-    """Create a subscription whose first period starts at ``billing_anchor`` (default now)."""
+    """Create a subscription whose first period starts at ``billing_anchor`` (default now).
+
+    It is paid from ``wallet``, which must be the owner's and hold ``payer_address``'s key.
+    """
+    _check_wallet(owner_id=owner.pk, wallet=wallet, payer_address=payer_address)
     anchor = billing_anchor or timezone.now()
     subscription = Subscription(
         owner=owner,
@@ -92,6 +113,12 @@ def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscr
             raise SubscriptionStateError("A canceled subscription cannot be changed.")
         for field, value in changes.items():
             setattr(subscription, field, value)
+        if "wallet" in changes or "payer_address" in changes:
+            _check_wallet(
+                owner_id=subscription.owner_id,
+                wallet=subscription.wallet,
+                payer_address=subscription.payer_address,
+            )
         subscription.save(update_fields=[*changes, "updated_at"])
     return subscription
 
@@ -123,6 +150,16 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
             raise SubscriptionStateError("A canceled subscription cannot be resumed.")
         if subscription.status in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
             return subscription
+        # A subscription the engine paused (a foreign wallet) resumes only once it pays from
+        # one of its owner's own wallets.
+        wallet = subscription.wallet
+        if subscription.status_reason or (wallet and wallet.owner_id != subscription.owner_id):
+            _check_wallet(
+                owner_id=subscription.owner_id,
+                wallet=wallet,
+                payer_address=subscription.payer_address,
+            )
+        subscription.status_reason = ""
         if subscription.status == Subscription.Status.PAUSED:
             current = periods.period_index_at(
                 anchor=subscription.billing_anchor,
@@ -158,7 +195,7 @@ def subscription_cancel(*, subscription: Subscription) -> Subscription:
 def _refresh_next_payment_due(subscription: Subscription) -> None:
     """next_payment_due_at = start of the earliest period not yet paid."""
     earliest_open = (
-        subscription.payments.exclude(status=Payment.Status.COMPLETED)
+        subscription.payments.exclude(status__in=SETTLED_STATUSES)
         .order_by("period_start")
         .values_list("period_start", flat=True)
         .first()
@@ -182,6 +219,7 @@ def payment_build(*, subscription: Subscription, index: int) -> Payment:
         period_end=subscription.period_start(index + 1),
         amount=subscription.amount,
         payer_address=subscription.payer_address,
+        wallet_id=subscription.wallet_id,
         recipient_address=subscription.recipient_address,
         token_address=subscription.token_address,
         token_decimals=subscription.token_decimals,
@@ -215,7 +253,7 @@ def payment_trigger(*, subscription: Subscription) -> Any:
             )
         payment = (
             subscription.payments.select_for_update()
-            .exclude(status=Payment.Status.COMPLETED)
+            .exclude(status__in=SETTLED_STATUSES)
             .filter(period_start__lte=now)
             .order_by("period_start")
             .first()
@@ -231,6 +269,7 @@ def payment_trigger(*, subscription: Subscription) -> Any:
                     "The current billing period is already paid; the next payment is due at "
                     f"{subscription.next_payment_due_at.isoformat()}."
                 )
+            _waive_missed_periods(subscription, now=now)
             payment = _payment_insert_or_get(
                 subscription=subscription, index=subscription.next_period_index
             )
@@ -246,6 +285,31 @@ def payment_trigger(*, subscription: Subscription) -> Any:
             raise PaymentConflict("This period's payment is already in flight.") from exc
         _refresh_next_payment_due(subscription)
     return job
+
+
+def _waive_missed_periods(subscription: Subscription, *, now: datetime) -> None:
+    """Record as waived the periods owed beyond AUTOPAY_MAX_MISSED_PERIODS (the scan's rule,
+    for a manual trigger that reaches a subscription first) and move the cursor past them."""
+    current = periods.period_index_at(
+        anchor=subscription.billing_anchor,
+        unit=subscription.interval_unit,
+        count=subscription.interval_count,
+        moment=now,
+    )
+    waived, _ = periods.missed_period_split(
+        next_index=subscription.next_period_index,
+        current_index=current,
+        max_missed=settings.AUTOPAY_MAX_MISSED_PERIODS,
+    )
+    if not waived:
+        return
+    rows = []
+    for index in waived:
+        payment = payment_build(subscription=subscription, index=index)
+        payment.status = Payment.Status.WAIVED
+        rows.append(payment)
+    Payment.objects.bulk_create(rows, ignore_conflicts=True)
+    _advance_cursor(subscription, past_index=waived[-1])
 
 
 def _payment_insert_or_get(*, subscription: Subscription, index: int) -> Payment:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 
 from autopay.custody import encrypt_private_key
@@ -346,7 +347,8 @@ def test_admin_change_refuses_a_non_checksummed_address(operator: Client) -> Non
         ("amount", "0.0000001", "decimal places"),
         ("amount", "0", "greater than zero"),
         ("amount", "-3", "greater than"),
-        ("payer_address", "0x123", "hexadecimal"),
+        ("recipient_address", "0x" + "0" * 40, "zero address"),
+        ("wallet", "", "Attach one of the owner"),
     ],
 )
 def test_admin_change_validates_like_the_api(
@@ -419,9 +421,7 @@ def test_admin_refuses_another_owners_wallet(operator: Client) -> None:
 
     response = operator.post(
         f"/admin/subscriptions/subscription/{subscription.pk}/change/",
-        admin_form_data(
-            subscription, wallet=str(stranger_wallet.pk), payer_address=stranger_wallet.address
-        ),
+        admin_form_data(subscription, wallet=str(stranger_wallet.pk)),
     )
 
     assert response.status_code == 200
@@ -465,16 +465,20 @@ def test_admin_can_add_a_subscription(operator: Client, staff_user: Any) -> None
 
 
 def admin_form_data(subscription: Subscription | None, **overrides: Any) -> dict[str, Any]:
-    """The subscription change form as a browser would post it."""
+    """The subscription change form as a browser would post it, paid from a wallet of the
+    subscription's owner (the ``owner`` override's for a new one)."""
     anchor = subscription.billing_anchor if subscription else None
+    owner_id = subscription.owner_id if subscription else overrides.get("owner")
+    wallet = (subscription.wallet if subscription else None) or PayerWalletFactory.create(
+        owner_id=owner_id
+    )
     data: dict[str, Any] = {
         "owner": str(subscription.owner_id) if subscription else "",
         "service_name": subscription.service_name if subscription else "Admin made",
-        "payer_address": subscription.payer_address if subscription else new_address(),
         "recipient_address": subscription.recipient_address if subscription else new_address(),
-        "wallet": "",
+        "wallet": str(wallet.pk),
         "amount": str(subscription.amount) if subscription else "5",
-        "token_address": subscription.token_address if subscription else new_address(),
+        "token_address": subscription.token_address if subscription else settings.TOKEN_ADDRESS,
         "token_decimals": "6",
         "network": subscription.network if subscription else "eip155:31337",
         "interval_unit": subscription.interval_unit if subscription else "month",

@@ -27,7 +27,8 @@ def test_health_is_healthy_without_authentication(client: Client, path: str) -> 
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"status", "database", "redis", "timestamp", "redisMode"}
+    assert set(body) == {"status", "database", "redis", "timestamp", "redisMode", "payments"}
+    assert body["payments"] == "ok"
     assert body["redisMode"] in ("external", "embedded")
     assert body["status"] == "healthy"
     assert body["database"] == "connected"

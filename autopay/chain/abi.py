@@ -24,7 +24,18 @@ ERC20_MINIMAL_ABI: list[dict[str, Any]] = [
         ],
         "outputs": [{"name": "", "type": "bool"}],
     },
+    {
+        "type": "function",
+        "name": "DOMAIN_SEPARATOR",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "bytes32"}],
+    },
 ]
+
+EIP712_DOMAIN_TYPEHASH = keccak(
+    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
 
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
 TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()

@@ -11,11 +11,16 @@ from typing import Any
 
 import requests
 from django.conf import settings
-from eth_utils import to_checksum_address
+from eth_abi import encode
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import TimeExhausted
 
-from autopay.chain.abi import AUTHORIZATION_USED_TOPIC, ERC20_MINIMAL_ABI
+from autopay.chain.abi import (
+    AUTHORIZATION_USED_TOPIC,
+    EIP712_DOMAIN_TYPEHASH,
+    ERC20_MINIMAL_ABI,
+)
 from autopay.errors import RpcUnavailable
 
 logger = logging.getLogger(__name__)
@@ -105,6 +110,36 @@ def authorization_used(
         to_checksum_address(authorizer), bytes.fromhex(nonce[2:])
     )
     return bool(call_rpc(call.call))
+
+
+def domain_separator(token_address: str, *, w3: Web3 | None = None) -> bytes | None:
+    """The token's EIP-712 DOMAIN_SEPARATOR, or None when it has none."""
+    w3 = w3 or get_web3()
+    token = w3.eth.contract(address=to_checksum_address(token_address), abi=ERC20_MINIMAL_ABI)
+    try:
+        return bytes(call_rpc(token.functions.DOMAIN_SEPARATOR().call))
+    except ChainUnavailable:
+        raise
+    except Exception:
+        return None
+
+
+def expected_domain_separator(
+    *, name: str, version: str, chain_id: int, token_address: str
+) -> bytes:
+    """The EIP-712 domain separator we sign under (name, version, chain id, token)."""
+    return keccak(
+        encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [
+                EIP712_DOMAIN_TYPEHASH,
+                keccak(text=name),
+                keccak(text=version),
+                chain_id,
+                to_checksum_address(token_address),
+            ],
+        )
+    )
 
 
 # Providers cap eth_getLogs ranges; search in windows of this many blocks, newest first.

@@ -28,7 +28,7 @@ from autopay import errors
 from autopay.chain import client as chain
 from autopay.chain.relayer import SettlementContext, settlement_context
 from autopay.rails.base import PaymentHooks, Settlement
-from autopay.signers import TransferAuthorization, derive_authorization_nonce, signer_for_payer
+from autopay.signers import TransferAuthorization, derive_authorization_nonce, signer_for_payment
 from subscriptions.models import Payment
 
 logger = logging.getLogger(__name__)
@@ -55,13 +55,22 @@ _PERMANENT_REASONS: dict[str, type[errors.PaymentError]] = {
     "invalid_exact_evm_payload_authorization_valid_before": errors.AuthorizationExpired,
     "invalid_exact_evm_insufficient_balance": errors.InsufficientBalance,
 }
+# The token as configured by the operator does not match the chain: the job waits for a fix
+# (configuration_error) instead of failing the customer's payment.
+_CONFIGURATION_REASONS = frozenset(
+    {
+        "invalid_exact_evm_token_name_mismatch",
+        "invalid_exact_evm_token_version_mismatch",
+        "invalid_exact_evm_eip3009_not_supported",
+        "asset_not_deployed_contract",
+        "missing_eip712_domain",
+    }
+)
+_SIGNATURE_REASONS = frozenset(
+    {"invalid_exact_evm_payload_signature", "invalid_exact_evm_transaction_simulation_failed"}
+)
 _PERMANENT_CODES: dict[str, str] = {
     "invalid_exact_evm_payload_authorization_valid_after": "authorization_not_yet_valid",
-    "invalid_exact_evm_token_name_mismatch": "token_misconfigured",
-    "invalid_exact_evm_token_version_mismatch": "token_misconfigured",
-    "invalid_exact_evm_eip3009_not_supported": "token_misconfigured",
-    "asset_not_deployed_contract": "token_misconfigured",
-    "missing_eip712_domain": "token_misconfigured",
     "invalid_exact_evm_payload_recipient_mismatch": "invalid_authorization",
     "invalid_exact_evm_payload_authorization_value_mismatch": "invalid_authorization",
     "network_mismatch": "unsupported_network",
@@ -186,7 +195,11 @@ class X402ExactRail:
             # Where a later search for this authorization's transaction may start.
             search_from_block=payment.search_from_block or chain.recent_block_number(),
         )
-        signer = signer_for_payer(payment.payer_address)
+        signer = signer_for_payment(
+            wallet_id=payment.wallet_id,
+            owner_id=payment.subscription.owner_id,
+            payer_address=payment.payer_address,
+        )
         signature = signer.sign(authorization)
         hooks.progress(30)
 
@@ -240,6 +253,15 @@ class X402ExactRail:
 
     # --- helpers --------------------------------------------------------------------------
 
+    def _domain_differs(self, payment: Payment) -> bool:
+        on_chain = chain.domain_separator(payment.token_address)
+        return on_chain is not None and on_chain != chain.expected_domain_separator(
+            name=self._token_name,
+            version=self._token_version,
+            chain_id=self._chain_id,
+            token_address=payment.token_address,
+        )
+
     def _call(
         self,
         method: str,
@@ -291,6 +313,14 @@ class X402ExactRail:
                 raise errors.SettlementPending(detail)
         if reason == "settlement_pending":
             raise errors.SettlementPending(detail)
+        if reason in _CONFIGURATION_REASONS:
+            raise errors.ConfigurationError(f"token misconfigured ({detail})")
+        if reason in _SIGNATURE_REASONS and self._domain_differs(payment):
+            # Our signature is fine for the domain we were told; the token has another one.
+            raise errors.ConfigurationError(
+                "the token's EIP-712 domain differs from TOKEN_EIP712_NAME/TOKEN_EIP712_VERSION "
+                f"({detail})"
+            )
         if reason in _PERMANENT_REASONS:
             raise _PERMANENT_REASONS[reason](detail)
         if reason in _PERMANENT_CODES:
@@ -309,6 +339,11 @@ class X402ExactRail:
 
 def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:
     text = str(exc)
+    if "failed (401" in text or "failed (403" in text:
+        # Our credentials, not the customer's payment (X402_FACILITATOR_AUTH_HEADER).
+        return errors.ConfigurationError(
+            f"facilitator {method} refused our credentials: {text[:200]}"
+        )
     if "failed (5" in text or "failed (429" in text or "failed (408" in text:
         return errors.FacilitatorUnavailable(f"facilitator {method} answered {text[:200]}")
     import httpx

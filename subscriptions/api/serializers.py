@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -75,68 +76,110 @@ class WalletOwnedField(serializers.PrimaryKeyRelatedField):
 
 
 class SubscriptionInputSerializer(serializers.Serializer):
+    """A new custodial subscription: paid from ``wallet``, a server-held wallet of the owner.
+
+    ``payer_address`` is not an input: it is the wallet's address (an equal value is accepted
+    for older clients, any other is refused), so a subscription can never name somebody
+    else's wallet by its public address.
+    """
+
     service_name = serializers.CharField(max_length=200)
-    payer_address = AddressField(required=False)
+    wallet = WalletOwnedField(
+        help_text="Id of one of your wallets (POST /api/wallets/); it pays every period."
+    )
+    payer_address = AddressField(
+        required=False, help_text="Optional; must equal the wallet's address when sent."
+    )
     recipient_address = AddressField()
     amount = AmountField()
-    token_address = AddressField(required=False)
+    token_address = AddressField(
+        required=False, help_text="Optional; the network's configured token is the only one."
+    )
     network = serializers.CharField(max_length=64, required=False)
     interval_unit = serializers.ChoiceField(
         choices=Subscription.IntervalUnit.choices, default=Subscription.IntervalUnit.MONTH
     )
     interval_count = serializers.IntegerField(min_value=1, max_value=1000, default=1)
-    billing_anchor = serializers.DateTimeField(required=False)
+    billing_anchor = serializers.DateTimeField(
+        required=False,
+        help_text="Start of the first period: from one interval ago to a year ahead (default now).",
+    )
     auto_pay_enabled = serializers.BooleanField(default=True)
-    wallet = WalletOwnedField(required=False, allow_null=True)
 
     def validate_network(self, value: str) -> str:
         return _run(validators.validate_network, value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        partial = self.partial
-        wallet = attrs.get("wallet")
-        if wallet is not None:
-            payer = attrs.get("payer_address")
-            if payer and payer != wallet.address:
-                raise serializers.ValidationError(
-                    {"payer_address": "Must equal the attached wallet's address."}
-                )
-            attrs["payer_address"] = wallet.address
-        if not partial:
-            if not attrs.get("payer_address"):
-                raise serializers.ValidationError(
-                    {"payer_address": "This field is required unless a wallet is attached."}
-                )
-            if not attrs.get("token_address"):
-                if not settings.TOKEN_ADDRESS:
-                    raise serializers.ValidationError(
-                        {"token_address": "This field is required (no default token is set)."}
-                    )
-                attrs["token_address"] = settings.TOKEN_ADDRESS
-            attrs.setdefault("network", settings.CHAIN_NETWORK)
-            _run_field("network", validators.validate_network, attrs["network"])
+        wallet = attrs["wallet"]
+        payer = attrs.get("payer_address")
+        if payer and payer != wallet.address:
+            raise serializers.ValidationError(
+                {"payer_address": "Must equal the wallet's address (it is taken from the wallet)."}
+            )
+        attrs["payer_address"] = wallet.address
+        network = attrs.setdefault("network", settings.CHAIN_NETWORK)
+        _run_field("network", validators.validate_network, network)
+        token = attrs.get("token_address") or validators.allowed_token(network)
+        if not token:
+            raise serializers.ValidationError(
+                {"token_address": f"No token is configured for network {network}."}
+            )
+        _run_field("token_address", validators.validate_token, token, network=network)
+        attrs["token_address"] = token
+        _run_field(
+            "recipient_address",
+            validators.validate_recipient,
+            attrs["recipient_address"],
+            payer=wallet.address,
+            token_address=token,
+        )
+        if "billing_anchor" in attrs:
+            _run_field(
+                "billing_anchor",
+                validators.validate_billing_anchor,
+                attrs["billing_anchor"],
+                unit=attrs["interval_unit"],
+                count=attrs["interval_count"],
+                now=timezone.now(),
+            )
         return attrs
 
 
-def _run_field(field: str, validator: Any, value: Any) -> None:
+def _run_field(field: str, validator: Any, value: Any, **kwargs: Any) -> None:
     try:
-        validator(value)
+        validator(value, **kwargs)
     except DjangoValidationError as exc:
         raise serializers.ValidationError({field: exc.messages}) from exc
 
 
 class SubscriptionUpdateSerializer(serializers.Serializer):
+    """What a subscription's owner may change. The payer follows the wallet (one of the
+    subscription owner's own, whoever asks); there is no way to name a payer address."""
+
     service_name = serializers.CharField(max_length=200, required=False)
     recipient_address = AddressField(required=False)
     amount = AmountField(required=False)
     auto_pay_enabled = serializers.BooleanField(required=False)
-    wallet = WalletOwnedField(required=False, allow_null=True)
+    wallet = WalletOwnedField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
             raise serializers.ValidationError("Send at least one field to change.")
+        if "payer_address" in self.initial_data:
+            raise serializers.ValidationError(
+                {"payer_address": "Cannot be changed; attach another of your wallets instead."}
+            )
+        subscription = self.context.get("subscription")
         if attrs.get("wallet") is not None:
             attrs["payer_address"] = attrs["wallet"].address
+        if "recipient_address" in attrs and subscription is not None:
+            _run_field(
+                "recipient_address",
+                validators.validate_recipient,
+                attrs["recipient_address"],
+                payer=attrs.get("payer_address", subscription.payer_address),
+                token_address=subscription.token_address,
+            )
         return attrs
 
 
@@ -162,6 +205,7 @@ class SubscriptionOutputSerializer(serializers.ModelSerializer):
             "next_payment_due_at",
             "auto_pay_enabled",
             "status",
+            "status_reason",
             "dunning_attempts",
             "dunning_next_retry_at",
             "created_at",

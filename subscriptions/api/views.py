@@ -80,7 +80,12 @@ class SubscriptionViewSet(
     def partial_update(self, request: Request, pk: Any = None) -> Response:
         subscription = self.get_object()
         serializer = SubscriptionUpdateSerializer(
-            data=request.data, context={"request": request, "owner": subscription.owner}
+            data=request.data,
+            context={
+                "request": request,
+                "owner": subscription.owner,
+                "subscription": subscription,
+            },
         )
         serializer.is_valid(raise_exception=True)
         try:

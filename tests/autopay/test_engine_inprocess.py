@@ -12,12 +12,82 @@ import pytest
 
 from autopay import engine
 from autopay.chain.client import token_balance
+from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
+
+
+def _steps(reported: list[int]) -> list[int]:
+    """The progress steps a job went through (a value reported twice in a row counts once)."""
+    return [
+        value for index, value in enumerate(reported) if index == 0 or value != reported[index - 1]
+    ]
+
+
+@pytest.fixture
+def progress_reported(monkeypatch: Any) -> list[int]:
+    """Every progress value written to the job, in order; a completion counts as 100.
+
+    A spy: the real services still do every write (and raise LeaseLost as they would); only
+    values that were actually written are recorded."""
+    reported: list[int] = []
+    job_progress, job_complete = job_services.job_progress, job_services.job_complete
+
+    def progress(*, job: Job, worker_id: str, progress: int) -> None:
+        job_progress(job=job, worker_id=worker_id, progress=progress)
+        reported.append(progress)
+
+    def complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
+        completed = job_complete(job=job, worker_id=worker_id, result=result)
+        if completed:
+            reported.append(100)
+        return completed
+
+    monkeypatch.setattr(job_services, "job_progress", progress)
+    monkeypatch.setattr(job_services, "job_complete", complete)
+    return reported
+
+
+@pytest.fixture
+def chain_calls(monkeypatch: Any) -> dict[str, int]:
+    """How many times the payer's key signed, the facilitator verified or settled, and the
+    relayer sent a transaction (spies: the real code runs)."""
+    from autopay.chain.relayer import Relayer
+    from autopay.rails.x402_exact import _InProcessFacilitator
+    from autopay.signers import ServerWalletSigner
+
+    calls = {"sign": 0, "verify": 0, "settle": 0, "send": 0}
+
+    def spy(owner: type, name: str, counter: str) -> None:
+        real = getattr(owner, name)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            calls[counter] += 1
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    spy(ServerWalletSigner, "sign", "sign")
+    spy(_InProcessFacilitator, "verify", "verify")
+    spy(_InProcessFacilitator, "settle", "settle")
+    spy(Relayer, "send_call", "send")
+    return calls
+
+
+def _relayer_nonces(w3: Any, redis_client: Any) -> tuple[int, int, bytes | None]:
+    """The relayer's nonce as the chain (latest, pending) and our Redis bookkeeping see it."""
+    from autopay.chain.relayer import get_relayer
+
+    relayer = get_relayer()
+    return (
+        w3.eth.get_transaction_count(relayer.address, "latest"),
+        w3.eth.get_transaction_count(relayer.address, "pending"),
+        redis_client.get(relayer._nonce_key),
+    )
 
 
 class _NoHooks:
@@ -30,7 +100,7 @@ class _NoHooks:
 
 
 def test_happy_path_moves_exact_amount_and_records(
-    paying_subscription: Any, token_address: str
+    paying_subscription: Any, token_address: str, progress_reported: list[int]
 ) -> None:
     subscription = paying_subscription(amount="12.5")
     payer_before = token_balance(token_address, subscription.payer_address)
@@ -43,6 +113,8 @@ def test_happy_path_moves_exact_amount_and_records(
     payment = job.payment
     payment.refresh_from_db()
     assert job.status == Job.Status.COMPLETED
+    # validated, signed, submitted, confirmed, recorded: each step as the rail reports it.
+    assert _steps(progress_reported) == [10, 30, 50, 80, 100]
     assert job.progress == 100
     assert job.attempts_made == 1
     assert job.result["success"] is True
@@ -55,7 +127,12 @@ def test_happy_path_moves_exact_amount_and_records(
     assert subscription.next_payment_due_at == payment.period_end
 
 
-def test_insufficient_balance_fails_at_once(paying_subscription: Any, token_address: str) -> None:
+def test_insufficient_balance_fails_at_once(
+    paying_subscription: Any,
+    token_address: str,
+    progress_reported: list[int],
+    chain_calls: dict[str, int],
+) -> None:
     subscription = paying_subscription(amount="50", balance_atomic=10 * 10**6)
     job = services.payment_trigger(subscription=subscription)
 
@@ -65,6 +142,10 @@ def test_insufficient_balance_fails_at_once(paying_subscription: Any, token_addr
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error_code == "insufficient_balance"
+    # Signed, then refused by verification: progress stops at the signing step.
+    assert _steps(progress_reported) == [10, 30]
+    assert job.progress == 30
+    assert chain_calls["send"] == 0, "a doomed transfer is never broadcast"
     assert job.attempts_made == 1
     assert job.payment.status == Payment.Status.FAILED
     subscription.refresh_from_db()
@@ -87,7 +168,10 @@ def test_without_a_rail_the_job_fails_honestly(paying_subscription: Any, setting
 
 
 def test_subscription_canceled_after_queueing_fails_without_charging(
-    paying_subscription: Any, token_address: str
+    paying_subscription: Any,
+    token_address: str,
+    progress_reported: list[int],
+    chain_calls: dict[str, int],
 ) -> None:
     subscription = paying_subscription(amount="2")
     job = services.payment_trigger(subscription=subscription)
@@ -97,6 +181,10 @@ def test_subscription_canceled_after_queueing_fails_without_charging(
 
     job.refresh_from_db()
     assert job.error_code == "subscription_not_active"
+    # Refused at validation: progress never starts, nothing is signed.
+    assert progress_reported == []
+    assert job.progress == 0
+    assert chain_calls["sign"] == 0
     assert token_balance(token_address, subscription.recipient_address) == 0
     subscription.refresh_from_db()
     assert subscription.status == Subscription.Status.CANCELED, "no dunning for a canceled one"
@@ -131,10 +219,16 @@ def test_a_wallet_whose_key_does_not_sign_for_the_payer_fails_with_invalid_signa
 
 
 def test_a_period_already_settled_on_chain_is_recorded_not_paid_again(
-    paying_subscription: Any, token_address: str, w3: Any
+    paying_subscription: Any,
+    token_address: str,
+    w3: Any,
+    clean_redis: Any,
+    progress_reported: list[int],
+    chain_calls: dict[str, int],
 ) -> None:
-    """A racing or crashed attempt already used the period's authorization: the engine finds
-    that transaction by its nonce instead of paying a second time."""
+    """A racing or crashed attempt already used the period's authorization: the engine asks
+    the chain first (authorizationState), finds that transaction by its nonce and records it.
+    Nothing is signed, verified or sent: no second broadcast, no gas burned on a replay."""
     from autopay.rails.x402_exact import X402ExactRail
 
     subscription = paying_subscription(amount="3")
@@ -143,12 +237,21 @@ def test_a_period_already_settled_on_chain_is_recorded_not_paid_again(
     rail = X402ExactRail.from_settings()
 
     first = rail.pay(payment, _NoHooks())  # settles outside the job, as a lost attempt would
+    relayer_before = _relayer_nonces(w3, clean_redis)
+    chain_calls.update(sign=0, verify=0, settle=0, send=0)
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
     assert outcome.status == "completed"
     job.refresh_from_db()
     assert job.result["transactionHash"] == first.transaction_hash
     assert job.result["reconciled"] is True
+    assert chain_calls == {"sign": 0, "verify": 0, "settle": 0, "send": 0}
+    assert _relayer_nonces(w3, clean_redis) == relayer_before, "the relayer sent nothing"
+    # Validated, then recorded: never signed (30) nor submitted (50).
+    assert _steps(progress_reported) == [10, 80, 100]
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.COMPLETED
+    assert payment.transaction_hash == first.transaction_hash
     assert token_balance(token_address, subscription.recipient_address) == 3_000_000
 
 
@@ -208,3 +311,102 @@ def test_reconcile_detects_a_transaction_that_disappeared(paying_subscription: A
     assert payment.error_code == "settlement_lost"
     subscription.refresh_from_db()
     assert subscription.status == Subscription.Status.PAST_DUE, "the dunning schedule retries it"
+
+
+# --- where progress stops when a step fails --------------------------------------------------
+
+
+def test_a_payer_nobody_can_sign_for_stops_after_validation(
+    engine_settings: Any,
+    user: Any,
+    token_address: str,
+    progress_reported: list[int],
+    chain_calls: dict[str, int],
+) -> None:
+    # No wallet holds the payer's key: validated, then nothing can be signed.
+    subscription = SubscriptionFactory.create(owner=user, token_address=token_address)
+    job = services.payment_trigger(subscription=subscription)
+
+    outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
+
+    assert outcome.status == "failed"
+    job.refresh_from_db()
+    assert job.error_code == "signer_unavailable"
+    assert _steps(progress_reported) == [10]
+    assert job.progress == 10
+    assert chain_calls["send"] == 0
+
+
+def test_a_broadcast_the_node_refuses_stops_at_the_submit_step(
+    engine_settings: Any,
+    paying_subscription: Any,
+    token_address: str,
+    progress_reported: list[int],
+) -> None:
+    """A relayer without gas funds: signed and submitted (50), refused by the node at the
+    broadcast; the attempt is retried later and the payment carries no hash."""
+    from eth_account import Account
+
+    from autopay.chain import relayer as relayer_module
+
+    subscription = paying_subscription(amount="1")
+    engine_settings.RELAYER_PRIVATE_KEY = "0x" + bytes(Account.create().key).hex()
+    relayer_module._relayers.clear()
+    job = services.payment_trigger(subscription=subscription)
+
+    outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
+
+    job.refresh_from_db()
+    assert outcome.status == "delayed", job.error
+    assert _steps(progress_reported) == [10, 30, 50]
+    assert job.progress == 50
+    payment = Payment.objects.get(pk=job.payment_id)
+    assert payment.status == Payment.Status.PROCESSING
+    assert payment.transaction_hash == ""
+    assert token_balance(token_address, subscription.recipient_address) == 0
+
+
+def test_a_settlement_not_yet_mined_stops_at_the_submit_step_then_is_reconciled(
+    engine_settings: Any,
+    paying_subscription: Any,
+    token_address: str,
+    w3: Any,
+    progress_reported: list[int],
+    chain_calls: dict[str, int],
+) -> None:
+    """Broadcast, but no block comes within the confirmation timeout: progress stays at 50
+    (never 80), the payment keeps its hash, and the next attempt records that transaction
+    once it is mined instead of sending another."""
+    engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 0.5
+    engine_settings.AUTOPAY_RETRY_BACKOFF_SECONDS = 0
+    subscription = paying_subscription(amount="1")
+    job = services.payment_trigger(subscription=subscription)
+
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+
+    job.refresh_from_db()
+    assert outcome.status == "delayed", job.error
+    assert job.error_code == "settlement_pending"
+    assert _steps(progress_reported) == [10, 30, 50]
+    assert job.progress == 50
+    payment = Payment.objects.get(pk=job.payment_id)
+    assert payment.status == Payment.Status.SUBMITTED
+    sent_hash = payment.transaction_hash
+    assert sent_hash
+    assert chain_calls["send"] == 1
+
+    progress_reported.clear()
+    retried = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
+
+    assert retried.status == "completed"
+    assert chain_calls["send"] == 1, "the mined transaction is recorded, not sent again"
+    assert _steps(progress_reported) == [10, 80, 100]
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.COMPLETED
+    assert payment.transaction_hash == sent_hash
+    assert token_balance(token_address, subscription.recipient_address) == 1_000_000

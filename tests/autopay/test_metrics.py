@@ -26,6 +26,12 @@ pytestmark = pytest.mark.django_db
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
 
+@pytest.fixture(autouse=True)
+def _metrics_public(settings: Any) -> None:
+    # These tests read the figures; access rules are tested below and in test_permissions.py.
+    settings.METRICS_PUBLIC = True
+
+
 def scrape(client: Client, **headers: str) -> list[Sample]:
     response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.content
@@ -193,9 +199,13 @@ def test_redis_failure_skips_redis_metrics_but_serves_the_rest(
     metrics.record_scan(0.1, subscriptions=1, jobs=1)
 
 
-def test_open_without_token(client: Client, settings: Any, clean_redis: redis.Redis) -> None:
+def test_closed_without_token_unless_public(
+    client: Client, settings: Any, clean_redis: redis.Redis
+) -> None:
     settings.METRICS_TOKEN = ""
     assert client.get("/metrics").status_code == 200
+    settings.METRICS_PUBLIC = False
+    assert client.get("/metrics").status_code == 403
 
 
 @pytest.mark.parametrize(

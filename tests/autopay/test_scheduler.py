@@ -36,6 +36,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY = timedelta(days=1)
 
 
+@pytest.fixture(autouse=True)
+def _charge_every_missed_period(settings: Any) -> None:
+    # These tests are about the scan's mechanics over many owed periods; the waiver of old
+    # missed periods (AUTOPAY_MAX_MISSED_PERIODS) is tested in test_missed_periods.py.
+    settings.AUTOPAY_MAX_MISSED_PERIODS = 1000
+
+
 def make_subscriptions(
     owner: Any, count: int, *, anchor: datetime, interval_unit: str = "month", **fields: Any
 ) -> list[Subscription]:
@@ -551,6 +558,39 @@ def test_scan_meeting_a_trigger_that_holds_the_subscription_neither_waits_nor_de
     assert Job.objects.count() == 2
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("writer", ["postgresql", "portable"])
+def test_scan_meeting_a_payment_that_already_exists_for_its_period_leaves_it_alone(
+    user: Any, monkeypatch: Any, writer: str
+) -> None:
+    """The period's payment (and its job) exist while the subscription's cursor still points at
+    that period: the scan's insert meets the unique (subscription, period_start) and must pass
+    over it (ON CONFLICT DO NOTHING), not fail the batch nor add a payment or a job."""
+    from autopay import scheduler
+
+    if writer == "portable":
+        # The statements the scan runs on other databases, here on PostgreSQL.
+        monkeypatch.setattr(scheduler, "_write_batch_postgresql", scheduler._write_batch_portable)
+    now = timezone.now()
+    subscription = SubscriptionFactory.create(owner=user, billing_anchor=now - timedelta(minutes=1))
+    other = SubscriptionFactory.create(owner=user, billing_anchor=now - timedelta(minutes=1))
+    job = services.payment_trigger(subscription=subscription)
+    Subscription.objects.filter(pk=subscription.pk).update(
+        next_period_index=0, next_period_due_at=subscription.billing_anchor
+    )
+
+    summary = scan_due(now=now, publish=False)
+
+    # The other subscription in the same batch is charged as usual.
+    assert summary.payments_created == summary.jobs_created == 1
+    assert Payment.objects.filter(subscription=other).count() == 1
+    assert Payment.objects.filter(subscription=subscription).get().pk == job.payment_id
+    assert list(Job.objects.filter(subscription=subscription)) == [job]
+    subscription.refresh_from_db()
+    assert subscription.next_period_index == 1
+    assert_one_payment_per_period_and_one_job_per_payment()
+
+
 # --- dunning ----------------------------------------------------------------------------------
 
 
@@ -759,6 +799,7 @@ def test_scan_works_on_sqlite(tmp_path: Path) -> None:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'autopay.sqlite3'}",
+        "AUTOPAY_MAX_MISSED_PERIODS": "1000",
     }
     for command in (["migrate", "-v0"], ["shell", "-c", _SQLITE_SCENARIO]):
         completed = subprocess.run(

@@ -24,13 +24,27 @@ pytestmark = pytest.mark.django_db
 NETWORK = "eip155:31337"
 
 
+# The requesting user's wallet, made per test by _own_wallet (valid_payload is a plain function
+# so that parametrized cases can build payloads).
+_WALLET: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _own_wallet(user: Any, settings: Any) -> Any:
+    settings.CHAIN_NETWORK = NETWORK
+    wallet = PayerWalletFactory.create(owner=user)
+    _WALLET["current"] = wallet
+    yield wallet
+    _WALLET.clear()
+
+
 def valid_payload(**overrides: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "service_name": "Streaming Plus",
-        "payer_address": new_address(),
+        "wallet": _WALLET["current"].pk,
         "recipient_address": new_address(),
         "amount": "10.5",
-        "token_address": new_address(),
+        "token_address": settings.TOKEN_ADDRESS,
         "network": NETWORK,
         "interval_unit": "month",
         "interval_count": 1,
@@ -148,7 +162,7 @@ def test_other_users_wallets_are_invisible(api: APIClient, user: Any, other_user
     theirs = PayerWalletFactory.create(owner=other_user)
 
     listed = api.get("/api/wallets/").json()
-    assert [row["id"] for row in listed["results"]] == [own.pk]
+    assert {row["id"] for row in listed["results"]} == {own.pk, _WALLET["current"].pk}
     assert_error(api.get(f"/api/wallets/{theirs.pk}"), 404)
     assert_error(api.get(f"/api/wallets/{theirs.pk}/balance"), 404)
 
@@ -210,7 +224,8 @@ def test_create_answers_201_with_exact_amount_and_due_time(api: APIClient, user:
     assert body["amount"] == "10.5"
     assert body["status"] == "active"
     assert body["auto_pay_enabled"] is True
-    assert body["payer_address"] == payload["payer_address"]
+    assert body["payer_address"] == _WALLET["current"].address
+    assert body["wallet"] == _WALLET["current"].pk
     assert body["network"] == NETWORK
     due = parse_datetime(body["next_payment_due_at"])
     assert due is not None
@@ -236,10 +251,28 @@ def test_amounts_are_answered_as_exact_decimal_strings(
 
 
 def test_create_with_an_anchor_in_the_past_is_due_at_the_anchor(api: APIClient) -> None:
-    anchor = "2025-01-31T09:30:00Z"
+    anchor = (timezone.now() - timedelta(days=20)).replace(microsecond=0).isoformat()
     response = api.post("/api/subscriptions/", valid_payload(billing_anchor=anchor), format="json")
     assert response.status_code == 201, response.content
     assert parse_datetime(response.json()["next_payment_due_at"]) == parse_datetime(anchor)
+
+
+@pytest.mark.parametrize(
+    ("anchor", "unit"),
+    [
+        pytest.param(timedelta(days=-32), "month", id="more-than-a-month-back"),
+        pytest.param(timedelta(days=-8), "week", id="more-than-a-week-back"),
+        pytest.param(timedelta(hours=-2), "hour", id="more-than-an-hour-back"),
+        pytest.param(timedelta(days=367), "month", id="more-than-a-year-ahead"),
+    ],
+)
+def test_billing_anchor_is_bounded(api: APIClient, anchor: timedelta, unit: str) -> None:
+    payload = valid_payload(
+        billing_anchor=(timezone.now() + anchor).isoformat(), interval_unit=unit
+    )
+    body = assert_error(api.post("/api/subscriptions/", payload, format="json"), 400)
+    assert "billing_anchor" in body["details"]
+    assert Subscription.objects.count() == 0
 
 
 def test_create_with_own_wallet_uses_its_address(api: APIClient, user: Any) -> None:
@@ -304,7 +337,22 @@ BAD_INPUT = [
     pytest.param({"service_name": _MISSING}, "service_name", id="missing-service_name"),
     pytest.param({"recipient_address": _MISSING}, "recipient_address", id="missing-recipient"),
     pytest.param({"amount": _MISSING}, "amount", id="missing-amount"),
-    pytest.param({"payer_address": _MISSING}, "payer_address", id="missing-payer"),
+    pytest.param({"wallet": _MISSING}, "wallet", id="missing-wallet"),
+    pytest.param({"wallet": None}, "wallet", id="wallet-null"),
+    pytest.param({"payer_address": new_address()}, "payer_address", id="payer-not-the-wallet"),
+    pytest.param({"token_address": new_address()}, "token_address", id="token-not-allowed"),
+    pytest.param({"recipient_address": "0x" + "0" * 40}, "recipient_address", id="recipient-zero"),
+    pytest.param(
+        {"recipient_address": lambda wallet: wallet.address},
+        "recipient_address",
+        id="recipient-is-the-payer",
+    ),
+    pytest.param(
+        {"recipient_address": lambda wallet: settings.TOKEN_ADDRESS},
+        "recipient_address",
+        id="recipient-is-the-token",
+    ),
+    pytest.param({"amount": "10000.000001"}, "amount", id="amount-over-the-limit"),
     pytest.param({"wallet": 987654321}, "wallet", id="wallet-unknown"),
     pytest.param({"wallet": "abc"}, "wallet", id="wallet-text"),
 ]
@@ -316,6 +364,10 @@ def test_bad_input_answers_400_with_a_message_and_writes_nothing(
 ) -> None:
     before = Subscription.objects.count()
 
+    overrides = {
+        key: value(_WALLET["current"]) if callable(value) else value
+        for key, value in overrides.items()
+    }
     response = api.post("/api/subscriptions/", valid_payload(**overrides), format="json")
 
     body = assert_error(response, 400)
@@ -408,7 +460,11 @@ def test_staff_can_only_attach_the_owners_own_wallet(
 
 def test_wallet_and_a_different_payer_address_conflict(api: APIClient, user: Any) -> None:
     wallet = PayerWalletFactory.create(owner=user)
-    response = api.post("/api/subscriptions/", valid_payload(wallet=wallet.pk), format="json")
+    response = api.post(
+        "/api/subscriptions/",
+        valid_payload(wallet=wallet.pk, payer_address=new_address()),
+        format="json",
+    )
     assert "payer_address" in assert_error(response, 400)["details"]
     assert Subscription.objects.count() == 0
 

@@ -1,0 +1,60 @@
+"""Is the operator's payment configuration usable? One answer for /health and the worker.
+
+A missing or wrong encryption key, relayer key or token is the operator's problem, never the
+customer's: jobs wait (``configuration_error``) instead of failing, and this module names the
+part that needs fixing, without ever printing a secret.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from eth_account import Account
+from eth_utils import is_address
+
+from autopay.custody import KeyCustodyError, custody_problem, decrypt_private_key
+from autopay.errors import ConfigurationError
+from autopay.models import PayerWallet
+from jobs.models import Job
+from subscriptions.validators import network_tokens
+
+
+def configuration_problems() -> list[str]:
+    """What stops payments from being made, one short line per part (empty: all good)."""
+    if settings.AUTOPAY_PAYMENT_RAIL == "none":
+        return []  # an API-only deployment on purpose: jobs fail with rail_not_configured
+    problems: list[str] = []
+    custody = custody_problem()
+    if custody:
+        problems.append(f"wallet keys: {custody}")
+    else:
+        newest = PayerWallet.objects.order_by("-pk").values_list("encrypted_private_key").first()
+        if newest is not None:
+            try:
+                decrypt_private_key(newest[0])
+            except KeyCustodyError:
+                problems.append(
+                    "wallet keys: the newest wallet's key cannot be decrypted with any key of "
+                    "AUTOPAY_KEY_ENCRYPTION_KEYS (a key was changed without rotation)"
+                )
+    if not settings.X402_FACILITATOR_URL:
+        if not settings.RELAYER_PRIVATE_KEY:
+            problems.append("relayer: RELAYER_PRIVATE_KEY is not set (nobody can pay the gas)")
+        else:
+            try:
+                Account.from_key(settings.RELAYER_PRIVATE_KEY)
+            except (ValueError, TypeError):
+                problems.append("relayer: RELAYER_PRIVATE_KEY is not a valid private key")
+    tokens = network_tokens()
+    if not tokens:
+        problems.append("token: no token is configured (TOKEN_ADDRESS or AUTOPAY_NETWORK_TOKENS)")
+    for network, token in tokens.items():
+        if not is_address(token):
+            problems.append(f"token: the token of {network} is not an address")
+    waiting = Job.objects.filter(
+        status=Job.Status.DELAYED, error_code=ConfigurationError.code
+    ).count()
+    if waiting:
+        problems.append(
+            f"jobs: {waiting} job(s) wait for the operator (configuration_error; see their error)"
+        )
+    return problems
