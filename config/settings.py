@@ -7,6 +7,8 @@ wrong value cannot lose money; secrets have no default outside development.
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -41,11 +43,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
     "subscriptions",
     "jobs",
     "autopay",
@@ -55,12 +58,17 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files (admin, dashboard, API docs) under gunicorn, no CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # /api/: 413 for oversized bodies before anything reads them; Django's own error pages
+    # there become the JSON envelope.
+    "config.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns an admin (or API password) login lockout into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -123,28 +131,77 @@ with contextlib.suppress(OSError):
     Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 # Security headers that matter once behind TLS; off by default so that http://localhost works.
+# `manage.py check --deploy` is clean with the production values of .env.example.
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HSTS (sent on HTTPS responses only): browsers then refuse plain HTTP for this long. Start
+# low; a year (31536000) once HTTPS works everywhere. Preload only if the domain is submitted
+# to the browsers' preload list (hstspreload.org): that is hard to undo.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 # Probes and scrapers inside the network talk plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Largest request body (bytes); a larger one answers 413 under /api/. API bodies are tiny.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Hashed tokens (django-rest-knox) under the "Authorization: Token <token>" header.
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Counted in the shared cache (Redis); they let requests through when it is unreachable.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "autopay.api.limits.AnonRateThrottle",
+        "autopay.api.limits.UserRateThrottle",
+    ],
+    # "<n>/<s|min|hour|day>"; an empty value turns that limit off.
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env.str("API_THROTTLE_ANON", default="60/min") or None,
+        "user": env.str("API_THROTTLE_USER", default="1200/min") or None,
+        "wallet_create": env.str("API_THROTTLE_WALLET_CREATE", default="10/hour") or None,
+    },
+    # Reverse proxies in front of the app: the client is read from X-Forwarded-For only then.
+    "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
+    "DEFAULT_PERMISSION_CLASSES": ["config.permissions.OwnerOrModelPermission"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error responses and nullable columns the API really has.
+    "DEFAULT_SCHEMA_CLASS": "config.api.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
+    # OPTIONS never fails, even on views without a serializer.
+    "DEFAULT_METADATA_CLASS": "config.middleware.ApiMetadata",
 }
+# API tokens: stored as SHA-512 digests, shown once; 0 hours = tokens never expire.
+API_TOKEN_TTL_HOURS = env.float("API_TOKEN_TTL_HOURS", default=720.0)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=API_TOKEN_TTL_HOURS) if API_TOKEN_TTL_HOURS > 0 else None,
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+
+# Login lockout (django-axes): admin logins and API password logins, per username and address.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# Minutes a locked username/address pair waits; 0 = until an operator unlocks it
+# (`manage.py axes_reset_username <name>` or the admin's "Access attempts").
+AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES) if AXES_COOLOFF_MINUTES > 0 else None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "autopay.api.limits.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "autopay.api.limits.client_ip"
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "auto-pay API",
     "DESCRIPTION": "Recurring stablecoin subscriptions paid through the x402 exact scheme.",
@@ -160,6 +217,16 @@ SPECTACULAR_SETTINGS = {
 REDIS_URL = env.str("REDIS_URL", default="redis://localhost:6379")
 # How bin/run found Redis: "external" (REDIS_URL or a server on 6379) or "embedded".
 AUTOPAY_REDIS_MODE = env.str("AUTOPAY_REDIS_MODE", default="external")
+# The shared cache (API throttle counters) on the same Redis, under a prefix of its own; short
+# timeouts so that an unreachable Redis is noticed quickly (the throttles then let requests by).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "autopay-cache",
+        "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    }
+}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 # Job state lives in PostgreSQL (jobs.Job); Celery's result backend is not used.
 CELERY_RESULT_BACKEND = None
@@ -214,8 +281,27 @@ AUTOPAY_SUPPORTED_NETWORKS = env.list(
 AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS = env.int(
     "AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS", default=3600
 )
-# Fernet key (urlsafe base64, 32 bytes) that encrypts payer wallet keys at rest.
+# Fernet keys (urlsafe base64, 32 bytes) that encrypt payer wallet keys at rest, newest first:
+# the first encrypts, every one decrypts (MultiFernet), so a key can be rotated without
+# downtime (`manage.py autopay_rotate_wallet_keys` re-encrypts every wallet with the newest).
+# AUTOPAY_KEY_ENCRYPTION_KEY (one key) is still read, after the list.
 AUTOPAY_KEY_ENCRYPTION_KEY = env.str("AUTOPAY_KEY_ENCRYPTION_KEY", default="")
+AUTOPAY_KEY_ENCRYPTION_KEYS = [
+    key
+    for key in [
+        *env.list("AUTOPAY_KEY_ENCRYPTION_KEYS", default=[]),
+        AUTOPAY_KEY_ENCRYPTION_KEY,
+    ]
+    if key.strip()
+]
+# A job that cannot run because of the operator's configuration (encryption key, relayer key,
+# token) waits this long between checks, without using up its attempts.
+AUTOPAY_CONFIGURATION_RETRY_SECONDS = env.float("AUTOPAY_CONFIGURATION_RETRY_SECONDS", default=60.0)
+# The largest amount one period may charge (in token units), whatever the API is sent.
+AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
+# Periods owed because the engine was down are charged oldest first, at most this many per
+# subscription; older ones are waived (recorded, never charged).
+AUTOPAY_MAX_MISSED_PERIODS = env.int("AUTOPAY_MAX_MISSED_PERIODS", default=3)
 
 # --- Chain ----------------------------------------------------------------------------------
 CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="http://127.0.0.1:8545")
@@ -229,6 +315,15 @@ TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")
 TOKEN_DECIMALS = env.int("TOKEN_DECIMALS", default=6)
 TOKEN_EIP712_NAME = env.str("TOKEN_EIP712_NAME", default="USD Coin")
 TOKEN_EIP712_VERSION = env.str("TOKEN_EIP712_VERSION", default="2")
+# The allow-list of tokens a subscription may use, one per network ("eip155:8453=0x...,...").
+# Empty: TOKEN_ADDRESS on CHAIN_NETWORK (subscriptions.validators.network_tokens()).
+AUTOPAY_NETWORK_TOKENS: dict[str, str] = {
+    network.strip(): token.strip()
+    for network, _, token in (
+        pair.rpartition("=") for pair in env.list("AUTOPAY_NETWORK_TOKENS", default=[])
+    )
+    if network.strip() and token.strip()
+}
 # Deploys and mints the development token (management commands); unused in production.
 TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
@@ -261,5 +356,7 @@ LOGGING = {
 }
 
 AUTOPAY_HEALTH_TIMEOUT_SECONDS = env.float("AUTOPAY_HEALTH_TIMEOUT_SECONDS", default=2.0)
-# When set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
+# /metrics requires "Authorization: Bearer <METRICS_TOKEN>"; without a token it answers 403
+# unless METRICS_PUBLIC=true (a scraper on a private network).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)

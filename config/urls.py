@@ -1,23 +1,45 @@
-"""Root URLs: the API under /api/, its schema and docs, admin, health and metrics."""
+"""Root URLs: the API under /api/, its schema and docs, admin, health and metrics.
+
+Django's own error pages answer the JSON envelope under /api/ and stay HTML elsewhere (admin).
+"""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from config import api
 from config.health import health
 from jobs.api.analytics import AnalyticsView
+
+
+class SchemaView(api.JsonErrorsMixin, SpectacularAPIView):
+    pass
+
+
+class SwaggerView(api.JsonErrorsMixin, SpectacularSwaggerView):
+    pass
+
+
+class RedocView(api.JsonErrorsMixin, SpectacularRedocView):
+    pass
+
 
 urlpatterns = [
     path("health", health, name="health"),
     path("health/", health),
     path("metrics", include("autopay.metrics")),
     path("admin/", admin.site.urls),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("api/auth/", include("rest_framework.urls")),
     path("api/analytics", AnalyticsView.as_view(), name="analytics"),
     path("api/", include("subscriptions.api.urls")),
     path("api/", include("jobs.api.urls")),
     path("api/", include("autopay.api.urls")),
 ]
+
+handler400 = api.bad_request
+handler403 = api.permission_denied
+handler404 = api.page_not_found
+handler500 = api.server_error

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings as django_settings
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
@@ -46,9 +45,11 @@ def staff_user(db: Any) -> Any:
 
 
 def _client_for(user: Any) -> APIClient:
+    from autopay.api.tokens import issue_token
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _, token = issue_token(user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return client
 
 

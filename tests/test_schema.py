@@ -129,3 +129,83 @@ def test_swagger_page_serves_the_sidecar_bundle(client: Client) -> None:
     html = client.get("/api/docs/").content.decode()
     assert "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
     assert "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css" in html
+
+
+# --- the schema says what the API answers --------------------------------------------------------
+
+OPERATION_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in OPERATION_METHODS
+    ]
+
+
+def test_schema_documents_the_error_envelope(schema: dict[str, Any]) -> None:
+    error = schema["components"]["schemas"]["ApiError"]
+    assert set(error["properties"]) == {"success", "error", "details"}
+    assert set(error["required"]) == {"success", "error"}
+
+
+def test_every_operation_documents_its_errors(schema: dict[str, Any]) -> None:
+    ref = "#/components/schemas/ApiError"
+    for path, method, operation in operations(schema):
+        responses = operation["responses"]
+        label = f"{method.upper()} {path}"
+        # Database or Redis unreachable: every operation can answer 503.
+        assert "503" in responses, label
+        assert responses["503"]["content"]["application/json"]["schema"]["$ref"] == ref
+        if any(parameter["in"] == "path" for parameter in operation.get("parameters", [])):
+            assert "404" in responses, label
+        if {} not in operation.get("security", [{}]):
+            assert {"401", "403"} <= set(responses), label
+        if "requestBody" in operation:
+            assert {"400", "413", "415"} <= set(responses), label
+
+
+def test_declared_error_responses_are_kept(schema: dict[str, Any]) -> None:
+    trigger = schema["paths"]["/api/subscriptions/{id}/trigger-payment/"]["post"]["responses"]
+    assert trigger["409"]["description"] == "Period in flight or paid"
+
+
+def test_nullable_columns_are_nullable(schema: dict[str, Any]) -> None:
+    """A subscription without a wallet answers ``"wallet": null``."""
+    wallet = schema["components"]["schemas"]["SubscriptionOutput"]["properties"]["wallet"]
+    assert wallet.get("nullable") is True
+
+
+def _example(parameter: dict[str, Any]) -> str:
+    kind = parameter.get("schema", {})
+    if kind.get("type") == "integer":
+        return "987654321"
+    if kind.get("format") == "uuid" or parameter["name"] == "id":
+        return "00000000-0000-4000-8000-000000000000"
+    return "abcdef12"
+
+
+@pytest.mark.parametrize("authenticated", [False, True], ids=["anonymous", "authenticated"])
+def test_status_codes_answered_are_documented(
+    schema: dict[str, Any], authenticated: bool, user: Any
+) -> None:
+    """Every operation, called anonymously and then on ids that do not exist with an empty
+    body, answers a status code its schema lists."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.raise_request_exception = False
+    if authenticated:
+        client.force_authenticate(user)
+    undocumented = []
+    for path, method, operation in operations(schema):
+        url = path
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path":
+                url = url.replace("{" + parameter["name"] + "}", _example(parameter))
+        response = getattr(client, method)(url, {}, format="json")
+        if str(response.status_code) not in operation["responses"]:
+            undocumented.append((method.upper(), url, response.status_code))
+    assert not undocumented, undocumented

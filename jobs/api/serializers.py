@@ -8,13 +8,36 @@ from rest_framework import serializers
 
 from jobs.models import Job
 
+# Plain strings in the schema: enums named "status" would collide with the subscription's.
+_STATUSES = "One of: " + ", ".join(Job.Status.values) + "."
+_SOURCES = "One of: " + ", ".join(Job.Source.values) + "."
+
 
 def job_result(job: Job) -> dict[str, Any] | None:
     return job.result or None
 
 
 class JobStatusSerializer(serializers.Serializer):
-    """GET /api/jobs/{jobId}: {status, progress, result, attemptsMade, data, ...}."""
+    """GET /api/jobs/{jobId}: {status, progress, result, attemptsMade, data, ...}.
+
+    The fields describe the answer in the OpenAPI schema; ``to_representation`` makes it.
+    """
+
+    jobId = serializers.UUIDField(read_only=True)
+    status = serializers.CharField(read_only=True, help_text=_STATUSES)
+    progress = serializers.IntegerField(read_only=True, min_value=0, max_value=100)
+    result = serializers.JSONField(read_only=True, allow_null=True)
+    attemptsMade = serializers.IntegerField(read_only=True)
+    maxAttempts = serializers.IntegerField(read_only=True)
+    data = serializers.JSONField(read_only=True)
+    paymentId = serializers.CharField(read_only=True)
+    source = serializers.CharField(read_only=True, help_text=_SOURCES)
+    errorCode = serializers.CharField(read_only=True, allow_null=True)
+    error = serializers.CharField(read_only=True, allow_null=True)
+    createdAt = serializers.DateTimeField(read_only=True)
+    startedAt = serializers.DateTimeField(read_only=True, allow_null=True)
+    finishedAt = serializers.DateTimeField(read_only=True, allow_null=True)
+    nextAttemptAt = serializers.DateTimeField(read_only=True, allow_null=True)
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return {
@@ -39,6 +62,14 @@ class JobStatusSerializer(serializers.Serializer):
 class JobSummarySerializer(serializers.Serializer):
     """One entry of GET /api/jobs/subscription/{id}: jobId, status, progress, result, createdAt."""
 
+    jobId = serializers.UUIDField(read_only=True)
+    status = serializers.CharField(read_only=True, help_text=_STATUSES)
+    progress = serializers.IntegerField(read_only=True, min_value=0, max_value=100)
+    result = serializers.JSONField(read_only=True, allow_null=True)
+    attemptsMade = serializers.IntegerField(read_only=True)
+    errorCode = serializers.CharField(read_only=True, allow_null=True)
+    createdAt = serializers.DateTimeField(read_only=True)
+
     def to_representation(self, job: Job) -> dict[str, Any]:
         return {
             "jobId": str(job.pk),
@@ -49,3 +80,29 @@ class JobSummarySerializer(serializers.Serializer):
             "errorCode": job.error_code or None,
             "createdAt": job.created_at.isoformat(),
         }
+
+
+class JobsFinishedSerializer(serializers.Serializer):
+    """Jobs finished in a window (schema only: ``jobs.selectors.job_stats`` makes it)."""
+
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    failureRate = serializers.FloatField(help_text="failed / finished; 0 when none finished.")
+
+
+class JobsFinishedWindowsSerializer(serializers.Serializer):
+    lastHour = JobsFinishedSerializer()
+    lastDay = JobsFinishedSerializer()
+
+
+class JobStatsSerializer(serializers.Serializer):
+    """GET /api/jobs/stats (schema only: ``jobs.selectors.job_stats`` makes it)."""
+
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Jobs per status.")
+    total = serializers.IntegerField()
+    queueLength = serializers.IntegerField(
+        allow_null=True, help_text="The broker's queue length (staff only, else null)."
+    )
+    oldestWaitingAt = serializers.DateTimeField(allow_null=True)
+    oldestWaitingAgeSeconds = serializers.FloatField(allow_null=True)
+    finished = JobsFinishedWindowsSerializer()

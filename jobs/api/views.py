@@ -7,17 +7,22 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status, viewsets
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api import error_response, success_response
 from jobs import selectors, services
-from jobs.api.serializers import JobStatusSerializer, JobSummarySerializer
+from jobs.api.serializers import JobStatsSerializer, JobStatusSerializer, JobSummarySerializer
 from jobs.models import Job
 from subscriptions.selectors import subscription_list
+
+
+def _success(name: str, data: Any) -> Any:
+    """The schema of ``{"success": true, "data": ...}``."""
+    return inline_serializer(name, fields={"success": serializers.BooleanField(), "data": data})
 
 
 def _uuid_or_none(value: Any) -> uuid.UUID | None:
@@ -45,7 +50,7 @@ class JobViewSet(viewsets.GenericViewSet):
             OpenApiParameter("status", OpenApiTypes.STR, enum=Job.Status.values),
             OpenApiParameter("subscription", OpenApiTypes.INT),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: JobSummarySerializer(many=True)},
     )
     def list(self, request: Request) -> Response:
         """Jobs, newest first, filtered by status and subscription, paginated."""
@@ -65,7 +70,7 @@ class JobViewSet(viewsets.GenericViewSet):
         rows = JobSummarySerializer(page, many=True).data
         return self.get_paginated_response(rows)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: _success("JobStatusResponse", JobStatusSerializer())})
     def retrieve(self, request: Request, pk: Any = None) -> Response:
         """Status of one job, in the baseline's shape."""
         job = self._get_job(pk)
@@ -73,7 +78,9 @@ class JobViewSet(viewsets.GenericViewSet):
             return error_response("Job not found", status.HTTP_404_NOT_FOUND)
         return success_response(JobStatusSerializer(job).data)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT})
+    @extend_schema(
+        responses={200: _success("SubscriptionJobsResponse", JobSummarySerializer(many=True))}
+    )
     @action(detail=False, methods=["get"], url_path=r"subscription/(?P<subscription_id>[^/]+)")
     def subscription(self, request: Request, subscription_id: str) -> Response:
         """Every job of one subscription, newest first."""
@@ -84,7 +91,7 @@ class JobViewSet(viewsets.GenericViewSet):
         jobs = self.get_queryset().filter(subscription_id=int(subscription_id))
         return success_response(JobSummarySerializer(jobs, many=True).data)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: _success("JobStatsResponse", JobStatsSerializer())})
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         """Counts by status, broker queue length, oldest waiting job and failure rates."""
@@ -97,6 +104,8 @@ class JobViewSet(viewsets.GenericViewSet):
         job = self._get_job(pk)
         if job is None:
             return error_response("Job not found", status.HTTP_404_NOT_FOUND)
+        # Staff retrying another user's job need the admin's permission to change jobs.
+        self.check_object_permissions(request, job)
         try:
             new_job = services.job_retry(job=job)
         except services.JobNotRetryable as exc:

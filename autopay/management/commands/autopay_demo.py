@@ -13,8 +13,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from rest_framework.authtoken.models import Token
 
+from autopay.api.tokens import install_token, issue_token
 from autopay.chain.client import get_web3, token_balance
 from autopay.chain.contracts import mint
 from autopay.management.commands._chain import minter_key
@@ -41,6 +41,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--username", default="operator")
         parser.add_argument("--password", required=True)
+        parser.add_argument(
+            "--token",
+            default="",
+            help="the operator's API token to keep valid (bin/run's, reused each run); "
+            "without it a new token is created",
+        )
         parser.add_argument("--json", action="store_true", help="print credentials as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -53,7 +59,15 @@ class Command(BaseCommand):
         operator.is_staff = operator.is_superuser = True
         operator.set_password(options["password"])
         operator.save()
-        token, _ = Token.objects.get_or_create(user=operator)
+        # Stored hashed: the token is printed here, never readable from the database.
+        if options["token"]:
+            try:
+                install_token(operator, options["token"])
+            except ValueError as exc:
+                raise CommandError(f"--token: {exc}") from exc
+            token = options["token"]
+        else:
+            token = issue_token(operator)[1]
 
         w3 = get_web3()
         key = minter_key(None)
@@ -94,7 +108,7 @@ class Command(BaseCommand):
         result = {
             "username": operator.username,
             "password": options["password"],
-            "token": token.key,
+            "token": token,
             "wallets": {label: wallet.address for label, wallet in wallets.items()},
             "queued_jobs": queued,
         }
