@@ -1,1 +1,2 @@
-"""The payment engine: Celery tasks, scheduler, payment rails, signers, custody and chain access."""
+"""The payment engine: Celery tasks, the scan, dunning, recovery and reconcile, payment rails,
+signers and chain access, metrics; development tools in autopay.devtools."""

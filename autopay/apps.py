@@ -7,3 +7,7 @@ class AutopayConfig(AppConfig):
 
     def ready(self) -> None:
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
+        from autopay.configuration import configuration_problems
+        from config.health import register_payment_check
+
+        register_payment_check(configuration_problems)

@@ -11,10 +11,10 @@ from django.conf import settings
 from eth_account import Account
 from eth_utils import is_address
 
-from autopay.custody import KeyCustodyError, custody_problem, decrypt_private_key
-from autopay.errors import ConfigurationError
-from autopay.models import PayerWallet
 from jobs.models import Job
+from subscriptions.custody import KeyCustodyError, custody_problem, decrypt_private_key
+from subscriptions.errors import ConfigurationError
+from subscriptions.models import PayerWallet
 from subscriptions.validators import network_tokens
 
 

@@ -20,21 +20,17 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from autopay import errors
 from autopay.rails import get_rail
-from autopay.rails.base import Settlement
+from autopay.rails.authorization import TransferAuthorization, derive_authorization_nonce
+from autopay.rails.base import PaymentIntent, Progress, Settlement
+from autopay.signers import signer_for_payment
 from jobs import services as job_services
 from jobs.models import Job
+from subscriptions import errors
 from subscriptions import services as subscription_services
 from subscriptions.models import Payment, Subscription
 
 logger = logging.getLogger(__name__)
-
-PROGRESS_VALIDATED = 10
-PROGRESS_SIGNED = 30
-PROGRESS_SUBMITTED = 50
-PROGRESS_CONFIRMED = 80
-PROGRESS_RECORDED = 100
 
 
 def worker_identity(task_id: str | None = None) -> str:
@@ -57,8 +53,17 @@ class _Hooks:
         self.payment = payment
         self.worker_id = worker_id
 
-    def progress(self, percent: int) -> None:
-        job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=percent)
+    def progress(self, step: Progress) -> None:
+        job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=int(step))
+
+    def sign(self, authorization: TransferAuthorization) -> str:
+        """The payer's signature, by the payment's wallet if it is the subscription owner's."""
+        signer = signer_for_payment(
+            wallet_id=self.payment.wallet_id,
+            owner_id=self.payment.subscription.owner_id,
+            payer_address=self.payment.payer_address,
+        )
+        return signer.sign(authorization)
 
     def _payment_while_held(self) -> Any:
         """The payment row, writable only while this worker still holds the job's lease, so
@@ -91,7 +96,7 @@ class _Hooks:
 
     def signed_transaction(self, tx_hash: str) -> None:
         """Called before the broadcast. Raising here (lease lost) means nothing is sent."""
-        self.progress(PROGRESS_SUBMITTED)
+        self.progress(Progress.SUBMITTED)
         now = timezone.now()
         # Recorded before the broadcast: a crash right after sending leaves a hash to look up.
         updated = self._payment_while_held().update(
@@ -109,6 +114,29 @@ class _Hooks:
             status=Payment.Status.PROCESSING, transaction_hash="", updated_at=timezone.now()
         )
         self.payment.transaction_hash = ""
+
+
+def payment_intent(payment: Payment) -> PaymentIntent:
+    """What a rail needs of a payment, as plain data (with the nonce derived from it)."""
+    return PaymentIntent(
+        payment_id=payment.pk,
+        subscription_id=payment.subscription_id,
+        network=payment.network,
+        token_address=payment.token_address,
+        payer=payment.payer_address,
+        recipient=payment.recipient_address,
+        amount_atomic=payment.amount_atomic,
+        nonce=payment.authorization_nonce
+        or derive_authorization_nonce(
+            chain_id=settings.CHAIN_ID,
+            token_address=payment.token_address,
+            payer=payment.payer_address,
+            subscription_id=payment.subscription_id,
+            period_start=int(payment.period_start.timestamp()),
+        ),
+        search_from_block=payment.search_from_block,
+        transaction_hash=payment.transaction_hash,
+    )
 
 
 def settlement_result(payment: Payment, settlement: Settlement) -> dict[str, Any]:
@@ -131,7 +159,7 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
         transaction_hash=settlement.transaction_hash,
         block_number=settlement.block_number,
     )
-    job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_CONFIRMED)
+    job_services.job_progress(job=job, worker_id=worker_id, progress=Progress.CONFIRMED)
     job_services.job_complete(
         job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
     )
@@ -269,7 +297,7 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
                 + ("" if subscription.auto_pay_enabled else " with auto-pay off")
             ),
         )
-    job_services.job_progress(job=job, worker_id=worker_id, progress=PROGRESS_VALIDATED)
+    job_services.job_progress(job=job, worker_id=worker_id, progress=Progress.VALIDATED)
 
     hooks = _Hooks(job, payment, worker_id)
     try:
@@ -278,7 +306,8 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             raise errors.RailNotConfigured(
                 "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
             )
-        settlement = rail.reconcile(payment) or rail.pay(payment, hooks)
+        intent = payment_intent(payment)
+        settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
         return _wait_for_configuration(job, worker_id, error, error)
     except ImproperlyConfigured as exc:
@@ -295,18 +324,14 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             job,
             payment,
             worker_id,
-            errors.TransientPaymentError(
-                "the attempt ran past the task's soft time limit", code="attempt_timeout"
-            ),
+            errors.AttemptTimeout("the attempt ran past the task's soft time limit"),
             exc,
         )
     except Exception as exc:
         # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
         # was broadcast the payment stays 'submitted' and the recovery sweep reconciles it.
         logger.exception("job %s: unexpected error", job.pk)
-        internal = errors.PermanentPaymentError(
-            f"internal error: {type(exc).__name__}", code="internal_error"
-        )
+        internal = errors.InternalError(f"internal error: {type(exc).__name__}")
         payment.refresh_from_db()
         if payment.status == Payment.Status.SUBMITTED:
             job_services.job_fail(

@@ -37,6 +37,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from config.redis import get_redis
+from jobs.models import Job
+from jobs.queue import broker_queue_length
+from subscriptions.models import Payment
+
 logger = logging.getLogger(__name__)
 
 # Upper bounds (seconds) of the settlement latency histogram: from instant-mining chains to a
@@ -59,19 +64,12 @@ SCAN_KEYS = (
     SCAN_JOBS_KEY,
 )
 
-# kombu's Redis transport keeps one list per priority step: the queue's own name for the
-# default priority, "<queue>\x06\x16<step>" for the others.
-_KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
-_KOMBU_PRIORITY_STEPS = (3, 6, 9)
-
 
 def record_scan(seconds: float, subscriptions: int, jobs: int) -> None:
     """Add one finished scan to the shared scan metrics (called by the scheduler).
 
     Never raises: losing a timing sample must not fail the scan that produced it.
     """
-    from autopay.redis_client import get_redis
-
     try:
         client = get_redis(timeout=_redis_timeout())
         # MULTI/EXEC so that a scrape never sees a sum without its count.
@@ -99,8 +97,6 @@ class AutopayCollector(Collector):
 
 
 def _job_metrics() -> Iterator[Metric]:
-    from jobs.models import Job
-
     counts = _counts_by(Job.objects.all(), "status")
     gauge = GaugeMetricFamily("autopay_jobs", "Jobs by status (jobs.Job rows).", labels=["status"])
     for status in Job.Status.values:
@@ -111,8 +107,6 @@ def _job_metrics() -> Iterator[Metric]:
 
 
 def _payment_metrics() -> Iterator[Metric]:
-    from subscriptions.models import Payment
-
     counts = _counts_by(Payment.objects.all(), "status")
     payments = CounterMetricFamily(
         "autopay_payments",
@@ -143,8 +137,6 @@ def _payment_metrics() -> Iterator[Metric]:
 
 def _settlement_latency() -> Iterator[Metric]:
     """Histogram of completed_at - created_at over completed payments, in one query."""
-    from subscriptions.models import Payment
-
     latency = ExpressionWrapper(F("completed_at") - F("created_at"), output_field=DurationField())
     aggregates: dict[str, Any] = {"total": Count("pk"), "latency_sum": Sum("latency")}
     for index, bound in enumerate(SETTLEMENT_LATENCY_BUCKETS):
@@ -170,12 +162,10 @@ def _settlement_latency() -> Iterator[Metric]:
 
 def _redis_metrics() -> Iterator[Metric]:
     """Scan timings and queue length; skipped (with redis_up 0) when Redis does not answer."""
-    from autopay.redis_client import get_redis
-
     try:
         client = get_redis(timeout=_redis_timeout())
         values = client.mget(SCAN_KEYS)
-        queue_length = _queue_length(client) if _broker_is_redis_url() else None
+        queue_length = broker_queue_length(timeout=_redis_timeout())
     except Exception:
         logger.warning("metrics: Redis unavailable; scan and queue metrics skipped", exc_info=True)
         yield _redis_up(0)
@@ -215,41 +205,6 @@ def _redis_metrics() -> Iterator[Metric]:
             "Messages waiting in the Celery queue on the broker.",
             value=queue_length,
         )
-
-
-def _queue_length(client: Any) -> int:
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    if settings.CELERY_BROKER_URL != settings.REDIS_URL:
-        client = _broker_client()
-    names = [queue] + [
-        f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}" for step in _KOMBU_PRIORITY_STEPS
-    ]
-    with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.llen(name)
-        return sum(int(length) for length in pipe.execute())
-
-
-_broker_clients: dict[str, Any] = {}
-
-
-def _broker_client() -> Any:
-    """A client for a broker that is a different Redis than REDIS_URL (rare)."""
-    import redis
-
-    url = settings.CELERY_BROKER_URL
-    client = _broker_clients.get(url)
-    if client is None:
-        timeout = _redis_timeout()
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        _broker_clients[url] = client
-    return client
-
-
-def _broker_is_redis_url() -> bool:
-    # A sentinel:// or non-Redis broker has no list we can LLEN with a plain client.
-    scheme = str(settings.CELERY_BROKER_URL).split("://", 1)[0].lower()
-    return scheme in ("redis", "rediss", "unix")
 
 
 def _redis_up(value: int) -> GaugeMetricFamily:

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from autopay import errors
-from autopay.engine import settlement_result
+from autopay.engine import payment_intent, settlement_result
 from autopay.rails import get_rail
 from jobs.models import Job
+from subscriptions import errors
 from subscriptions import services as subscription_services
 from subscriptions.models import Payment
 
@@ -53,7 +53,7 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
     reconciled = 0
     for payment in uncertain + failed_after_broadcast:
         try:
-            settlement = rail.reconcile(payment)
+            settlement = rail.reconcile(payment_intent(payment))
         except errors.SettlementPending:
             continue
         except Exception as error:
@@ -67,7 +67,7 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
                 # Never reached the chain and nobody is working on it: hand it back.
                 subscription_services.payment_record_failure(
                     payment=payment,
-                    code="settlement_lost",
+                    code=errors.SettlementLost.code,
                     message="the settlement never reached the chain; it will be retried",
                 )
             # The hash is dead: forget it, so the sweep does not look at it again.

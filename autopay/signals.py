@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 from celery.signals import worker_ready
-from django.db import connections
+from django.db import connection, connections
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
+from autopay.beat import sync_periodic_tasks
 from autopay.configuration import configuration_problems
 
 logger = logging.getLogger(__name__)
@@ -17,16 +18,13 @@ logger = logging.getLogger(__name__)
 
 @receiver(post_migrate)
 def _ensure_periodic_tasks(sender: Any, app_config: Any = None, **kwargs: Any) -> None:
-    # Runs once per app after migrate; only act for ours, once the beat tables exist.
-    if app_config is None or app_config.name != "autopay":
+    # Runs once per app with models after migrate; act once, for the app whose tables the
+    # schedule is written into (the engine app has no models of its own).
+    if app_config is None or app_config.label != "django_celery_beat":
         return
-    from django.db import connection
-
-    # `migrate autopay` alone, or beat's tables migrated away: nothing to write into yet.
+    # Beat's tables migrated away (migrate ... zero): nothing to write into.
     if "django_celery_beat_periodictask" not in connection.introspection.table_names():
         return
-    from autopay.schedule import sync_periodic_tasks
-
     sync_periodic_tasks()
 
 

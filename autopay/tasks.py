@@ -12,6 +12,10 @@ from celery import shared_task
 from django.conf import settings
 
 from autopay import engine
+from autopay.metrics import record_scan
+from autopay.reconcile import payments_reconcile
+from autopay.scan import scan_due
+from jobs.services import jobs_purge_completed, jobs_recover
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +45,6 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
     other worker processes; they share the due rows through SKIP LOCKED, so each period is
     still charged once and a large scan finishes in about half the time on two cores.
     """
-    from autopay.metrics import record_scan
-    from autopay.scheduler import scan_due
-
     if not helper:
         for _ in range(max(settings.AUTOPAY_SCAN_PARALLELISM - 1, 0)):
             scan_due_subscriptions.apply_async(kwargs={"helper": True})
@@ -57,9 +58,6 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
 @shared_task(bind=True, name="autopay.recover_jobs", acks_late=True, ignore_result=True)
 def recover_jobs(self: Any) -> dict[str, int]:
     """Take back jobs whose worker died, republish lost messages, reconcile stuck payments."""
-    from autopay.reconcile import payments_reconcile
-    from jobs.services import jobs_recover
-
     recovered = jobs_recover()
     reconciled = payments_reconcile()
     summary = {
@@ -76,8 +74,6 @@ def recover_jobs(self: Any) -> dict[str, int]:
 @shared_task(bind=True, name="autopay.purge_completed_jobs", acks_late=True, ignore_result=True)
 def purge_completed_jobs(self: Any) -> int:
     """Delete completed jobs past the retention; failed jobs are kept."""
-    from jobs.services import jobs_purge_completed
-
     deleted = jobs_purge_completed(older_than_days=settings.AUTOPAY_COMPLETED_JOB_RETENTION_DAYS)
     if deleted:
         logger.info("purged %d completed job(s)", deleted)

@@ -15,7 +15,7 @@ For each N it bulk-loads N due subscriptions (one due period each) into the data
    transaction, then one publish. Above ``--naive-sample`` subscriptions it runs on a sample of
    that size and the rate is extrapolated (marked ``*``). ``--heap`` adds a tracemalloc run.
 
-Finally it compares publishing rates: autopay.queue.publish_jobs as it is, and the same
+Finally it compares publishing rates: jobs.queue.publish_jobs as it is, and the same
 send_task loop inside kombu's Producer.batch() (Redis pipelining), on --publish-sample ids.
 
 Environment defaults (an existing variable wins): DATABASE_URL, REDIS_URL (db 14),
@@ -224,8 +224,8 @@ def naive_loop(*, now: datetime, limit: int) -> int:
     from django.conf import settings
     from django.db import transaction
 
-    from autopay.queue import publish_jobs
     from jobs.models import Job
+    from jobs.queue import publish_jobs
     from subscriptions import periods
     from subscriptions.models import Payment, Subscription
 
@@ -285,11 +285,11 @@ def naive_loop(*, now: datetime, limit: int) -> int:
 
 
 def publish_comparison(count: int) -> tuple[float, float]:
-    """Messages per second through autopay.queue.publish_jobs, and through the same send_task
+    """Messages per second through jobs.queue.publish_jobs, and through the same send_task
     loop inside kombu's ``Producer.batch()`` (one Redis pipeline per 1,000 messages): the
     change suggested for publish_jobs, measured here without editing it."""
-    from autopay.queue import PROCESS_TASK, publish_jobs
     from config.celery import app
+    from jobs.queue import PROCESS_TASK, publish_jobs
 
     job_ids = [str(uuid.uuid4()) for _ in range(count)]
     publish_jobs(job_ids[:10])  # warm the producer pool
@@ -311,7 +311,7 @@ def concurrent_scans(count: int, *, now: datetime) -> list[Any]:
     """``count`` scans without publishing, started together, each on its own connection."""
     from django.db import connection
 
-    from autopay.scheduler import scan_due
+    from autopay.scan import scan_due
 
     barrier = threading.Barrier(count)
     summaries: list[Any] = []
@@ -347,7 +347,7 @@ def process_scans(count: int) -> float:
 
     connection.close()
     code = (
-        "import sys, django; django.setup(); from autopay.scheduler import scan_due; "
+        "import sys, django; django.setup(); from autopay.scan import scan_due; "
         "sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.readline(); "
         "s = scan_due(); print(s.payments_created)"
     )
@@ -377,7 +377,7 @@ def process_scans(count: int) -> float:
 
 def warm_up() -> None:
     """One small scan first, so that imports and connection pools are not counted in N=10k."""
-    from autopay.scheduler import scan_due
+    from autopay.scan import scan_due
 
     now = datetime.now(UTC)
     load_subscriptions(100, now=now)
@@ -400,7 +400,7 @@ def drain_queue() -> int:
 
 
 def run(size: int, *, naive_sample: int, heap: bool) -> dict[str, Any]:
-    from autopay.scheduler import scan_due
+    from autopay.scan import scan_due
 
     now = datetime.now(UTC)
     load_seconds, _ = timed(lambda: load_subscriptions(size, now=now))

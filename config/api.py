@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from rest_framework.routers import DefaultRouter
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from config.errors import ServiceError
 from config.middleware import (
     DATABASE_UNAVAILABLE,
     REDIS_UNAVAILABLE,
@@ -138,6 +139,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
     Anything not translated here is re-raised by DRF and answered by ``server_error`` (JSON 500).
     """
+    if isinstance(exc, ServiceError):
+        # A service refused (state, conflict): its own status and message, with its code.
+        return Response(
+            {"success": False, "error": exc.message, "code": exc.code}, status=exc.status_code
+        )
     exc = _translate(exc, context)
     response = drf_exception_handler(exc, context)
     if response is None:
@@ -216,6 +222,9 @@ class ApiErrorSerializer(serializers.Serializer):
     error = serializers.CharField()
     details = serializers.DictField(
         required=False, help_text="Per field messages (validation errors only)."
+    )
+    code = serializers.CharField(
+        required=False, help_text="Stable code of a refusal by the service (state, conflict)."
     )
 
 

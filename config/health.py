@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-
-from autopay.configuration import configuration_problems
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ def _database_ok() -> bool:
 
 
 def _redis_ok() -> bool:
-    import redis
-
     try:
         client = redis.Redis.from_url(
             settings.REDIS_URL,
@@ -45,12 +43,26 @@ def _redis_ok() -> bool:
         return False
 
 
+# Checks the apps add (AppConfig.ready): the engine's payment configuration. Each returns the
+# problems it found, one short line each, never a secret.
+_payment_checks: list[Callable[[], list[str]]] = []
+
+
+def register_payment_check(check: Callable[[], list[str]]) -> None:
+    """Add a payment-configuration check to /health (called from an AppConfig.ready())."""
+    if check not in _payment_checks:
+        _payment_checks.append(check)
+
+
 def _payment_problems() -> list[str]:
-    try:
-        return configuration_problems()
-    except Exception:
-        logger.warning("health: payment configuration check failed", exc_info=True)
-        return ["payments: the configuration could not be checked (see the web log)"]
+    problems: list[str] = []
+    for check in _payment_checks:
+        try:
+            problems.extend(check())
+        except Exception:
+            logger.warning("health: payment configuration check failed", exc_info=True)
+            problems.append("payments: the configuration could not be checked (see the web log)")
+    return problems
 
 
 @never_cache

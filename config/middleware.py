@@ -17,9 +17,11 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from kombu.exceptions import OperationalError as BrokerError
 from rest_framework import status
 from rest_framework.metadata import SimpleMetadata
 from rest_framework.request import Request
@@ -64,9 +66,6 @@ def unavailable_message(exc: BaseException | None) -> str | None:
     """The 503 message when ``exc`` means the database or Redis cannot be reached, else None."""
     if isinstance(exc, (OperationalError, InterfaceError)):
         return DATABASE_UNAVAILABLE
-    import redis
-    from kombu.exceptions import OperationalError as BrokerError
-
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return REDIS_UNAVAILABLE
     if isinstance(exc, BrokerError):  # Celery could not publish to its Redis broker

@@ -158,8 +158,8 @@ REST_FRAMEWORK = {
     ],
     # Counted in the shared cache (Redis); they let requests through when it is unreachable.
     "DEFAULT_THROTTLE_CLASSES": [
-        "autopay.api.limits.AnonRateThrottle",
-        "autopay.api.limits.UserRateThrottle",
+        "config.limits.AnonRateThrottle",
+        "config.limits.UserRateThrottle",
     ],
     # "<n>/<s|min|hour|day>"; an empty value turns that limit off.
     "DEFAULT_THROTTLE_RATES": {
@@ -199,8 +199,8 @@ AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)
 AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES) if AXES_COOLOFF_MINUTES > 0 else None
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "autopay.api.limits.lockout_response"
-AXES_CLIENT_IP_CALLABLE = "autopay.api.limits.client_ip"
+AXES_LOCKOUT_CALLABLE = "config.limits.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "config.limits.client_ip"
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "auto-pay API",

@@ -9,7 +9,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from config import api
 from config.health import health
-from jobs.api.analytics import AnalyticsView
 
 
 class SchemaView(api.JsonErrorsMixin, SpectacularAPIView):
@@ -33,10 +32,7 @@ urlpatterns = [
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("api/auth/", include("rest_framework.urls")),
-    path("api/analytics", AnalyticsView.as_view(), name="analytics"),
-    path("api/", include("subscriptions.api.urls")),
-    path("api/", include("jobs.api.urls")),
-    path("api/", include("autopay.api.urls")),
+    path("api/", include("config.api_router")),
 ]
 
 handler400 = api.bad_request

@@ -10,6 +10,7 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from jobs.models import Job
+from jobs.queue import broker_queue_length
 
 logger = logging.getLogger(__name__)
 
@@ -19,20 +20,6 @@ def job_list(*, user: Any) -> QuerySet[Job]:
     if user.is_staff:
         return queryset
     return queryset.filter(subscription__owner=user)
-
-
-def broker_queue_length() -> int | None:
-    """Messages waiting in the Celery queue on Redis (None when the broker is unreachable)."""
-    from django.conf import settings
-
-    from autopay.redis_client import get_redis
-
-    try:
-        client = get_redis(timeout=1.0, url=settings.CELERY_BROKER_URL)
-        return int(client.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
-    except Exception:
-        logger.warning("broker queue length unavailable", exc_info=True)
-        return None
 
 
 def job_stats(*, user: Any) -> dict[str, Any]:

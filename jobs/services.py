@@ -16,19 +16,31 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from autopay.queue import publish_jobs_on_commit
+from config.errors import StateConflict
 from jobs.models import Job
-from subscriptions.models import Payment
+from jobs.queue import broker_queue_length, publish_jobs, publish_jobs_on_commit
+from subscriptions import errors
+from subscriptions.models import Payment, Subscription
+from subscriptions.services import (
+    PaymentConflict,
+    payment_record_failure,
+    payment_reopen,
+    payment_take_due,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class JobAlreadyOpen(Exception):
+class JobAlreadyOpen(StateConflict):
     """The payment already has a job waiting, active or delayed."""
 
+    code = "job_already_open"
 
-class JobNotRetryable(Exception):
+
+class JobNotRetryable(StateConflict):
     """The job cannot be retried (not failed, or its payment is already paid)."""
+
+    code = "job_not_retryable"
 
 
 class LeaseLost(Exception):
@@ -97,6 +109,23 @@ def job_create(*, payment: Payment, source: str, publish: bool = True) -> Job:
     return job
 
 
+def payment_trigger(*, subscription: Subscription) -> Job:
+    """Manual trigger: create (or reuse) the payment of the current due period and a job.
+
+    Raises SubscriptionStateError (400) when auto-pay is off or the subscription cannot pay,
+    PaymentConflict (409) when that period's payment is in flight or already paid.
+    """
+    with transaction.atomic():
+        payment = payment_take_due(subscription=subscription, now=timezone.now())
+        if payment.jobs.filter(status__in=Job.OPEN_STATUSES).exists():
+            raise PaymentConflict("This period's payment is already in flight.")
+        payment_reopen(payment=payment)
+        try:
+            return job_create(payment=payment, source=Job.Source.MANUAL)
+        except JobAlreadyOpen as exc:
+            raise PaymentConflict("This period's payment is already in flight.") from exc
+
+
 def job_claim(*, job_id: UUID | str, worker_id: str) -> Job | None:
     """Move a waiting or delayed job to active for this worker, or return None.
 
@@ -158,14 +187,26 @@ def job_complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
     return bool(updated)
 
 
-def job_fail(*, job: Job, worker_id: str | None, code: str, message: str) -> bool:
-    """Fail the job for good (kept for debugging, as the baseline promised)."""
+def job_fail(
+    *,
+    job: Job,
+    worker_id: str | None,
+    code: str,
+    message: str,
+    expired_before: datetime | None = None,
+) -> bool:
+    """Fail the job for good (kept for debugging, as the baseline promised). Only the lease
+    holder ``worker_id`` may; without one (an operator, recovery) any open job, or with
+    ``expired_before`` only an active job whose lease expired before then."""
     now = timezone.now()
-    queryset = (
-        _held(job, worker_id)
-        if worker_id is not None
-        else Job.objects.filter(pk=job.pk, status__in=Job.OPEN_STATUSES)
-    )
+    if worker_id is not None:
+        queryset = _held(job, worker_id)
+    elif expired_before is not None:
+        queryset = Job.objects.filter(
+            pk=job.pk, status=Job.Status.ACTIVE, lease_expires_at__lt=expired_before
+        )
+    else:
+        queryset = Job.objects.filter(pk=job.pk, status__in=Job.OPEN_STATUSES)
     updated = queryset.update(
         status=Job.Status.FAILED,
         error_code=code,
@@ -217,14 +258,8 @@ def job_retry(*, job: Job) -> Job:
     """Retry a failed job: a new job on the same payment, so the history stays visible."""
     if job.status != Job.Status.FAILED:
         raise JobNotRetryable(f"job {job.pk} is {job.status}; only failed jobs can be retried")
-    from subscriptions.models import Subscription
-    from subscriptions.services import payment_reopen
-
     subscription = Subscription.objects.get(pk=job.subscription_id)
-    if not subscription.auto_pay_enabled or subscription.status not in (
-        Subscription.Status.ACTIVE,
-        Subscription.Status.PAST_DUE,
-    ):
+    if not subscription.is_chargeable:
         raise JobNotRetryable(
             f"subscription {subscription.pk} is {subscription.status}"
             + ("" if subscription.auto_pay_enabled else " with auto-pay off")
@@ -253,6 +288,22 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
     job that kills its worker cannot loop forever; its payment is reconciled separately.
     """
     now = timezone.now()
+    recovered_ids, failed = _take_back_expired_leases(
+        now=now, max_recoveries=max_recoveries, batch_size=batch_size
+    )
+    republish = recovered_ids + _lost_messages(now=now, batch_size=batch_size)
+    if republish:
+        publish_jobs(republish)
+    return RecoverySummary(
+        leases_recovered=len(recovered_ids), republished=len(republish), failed=failed
+    )
+
+
+def _take_back_expired_leases(
+    *, now: datetime, max_recoveries: int, batch_size: int
+) -> tuple[list[str], int]:
+    """Jobs of dead workers go back to waiting (their attempt given back), or fail once they
+    have killed their worker too often. Returns the ids to republish and how many failed."""
     recovered_ids: list[str] = []
     failed = 0
     expired = list(
@@ -261,29 +312,11 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
         .values_list("pk", "recoveries", "attempts_made")[:batch_size]
     )
     for job_id, recoveries, attempts_made in expired:
-        base = Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now)
         if recoveries >= max_recoveries:
-            message = "worker lost the job too many times (killed or timed out)"
-            if base.update(
-                status=Job.Status.FAILED,
-                error_code="worker_lost",
-                error=message,
-                result={"success": False, "error": "worker_lost", "message": message},
-                finished_at=now,
-                lease_owner="",
-                lease_expires_at=None,
-                updated_at=now,
-            ):
-                failed += 1
-                # The period stays owed: failed (so dunning retries it); a payment that was
-                # broadcast keeps its hash and the reconcile sweep asks the chain about it.
-                from subscriptions.services import payment_record_failure
-
-                job = Job.objects.select_related("payment").get(pk=job_id)
-                payment_record_failure(payment=job.payment, code="worker_lost", message=message)
+            failed += _fail_lost_job(job_id=job_id, now=now)
             continue
         # The lost attempt is given back: a crash is not a payment failure.
-        if base.update(
+        if Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now).update(
             status=Job.Status.WAITING,
             lease_owner="",
             lease_expires_at=None,
@@ -294,13 +327,31 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
         ):
             recovered_ids.append(str(job_id))
             logger.warning("recovered job %s from an expired lease", job_id)
+    return recovered_ids, failed
 
+
+def _fail_lost_job(*, job_id: UUID, now: datetime) -> int:
+    """Fail a job that lost its worker too often, and its payment, in one transaction. The
+    period stays owed (failed, so dunning retries it); a payment that was broadcast keeps its
+    hash and the reconcile sweep asks the chain about it."""
+    error = errors.WorkerLost("worker lost the job too many times (killed or timed out)")
+    with transaction.atomic():
+        job = Job.objects.select_related("payment").get(pk=job_id)
+        Payment.objects.select_for_update().filter(pk=job.payment_id).exists()
+        if not job_fail(
+            job=job, worker_id=None, code=error.code, message=error.message, expired_before=now
+        ):
+            return 0
+        payment_record_failure(payment=job.payment, code=error.code, message=error.message)
+    return 1
+
+
+def _lost_messages(*, now: datetime, batch_size: int) -> list[str]:
+    """Waiting or delayed jobs whose message was lost (older than the stale threshold)."""
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
     stale_waiting = Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
     # A long backlog is not a lost message: when the broker holds at least as many messages
     # as there are waiting jobs, old waiting jobs are only queued behind others.
-    from jobs.selectors import broker_queue_length
-
     queued = broker_queue_length()
     if queued is not None and queued >= Job.objects.filter(status=Job.Status.WAITING).count():
         stale_waiting = Q(pk__in=[])
@@ -313,14 +364,7 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
     )
     if stale:
         Job.objects.filter(pk__in=stale).update(enqueued_at=now)
-    republish = recovered_ids + [str(job_id) for job_id in stale]
-    if republish:
-        from autopay.queue import publish_jobs
-
-        publish_jobs(republish)
-    return RecoverySummary(
-        leases_recovered=len(recovered_ids), republished=len(republish), failed=failed
-    )
+    return [str(job_id) for job_id in stale]
 
 
 def jobs_purge_completed(*, older_than_days: int) -> int:

@@ -13,6 +13,31 @@ from django.db.models import Q
 from subscriptions import periods
 
 
+class PayerWallet(models.Model):
+    """A payer wallet whose key the server holds (encrypted) to sign its owner's payments."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payer_wallets"
+    )
+    label = models.CharField(max_length=100, blank=True, default="")
+    address = models.CharField(max_length=42, unique=True)
+    # Fernet token of the 32-byte private key; never leaves the engine in clear.
+    encrypted_private_key = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        # The table it had when the engine app held wallets: moved without copying keys.
+        db_table = "autopay_payerwallet"
+
+    def __str__(self) -> str:
+        return f"{self.label or 'wallet'} {self.address}"
+
+    def __repr__(self) -> str:
+        # Never include the key material, even encrypted, in a repr that may reach a log.
+        return f"<PayerWallet {self.pk} {self.address}>"
+
+
 class Subscription(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -29,6 +54,9 @@ class Subscription(models.Model):
         MONTH = "month", "Month"
         YEAR = "year", "Year"
 
+    # Statuses in which auto-pay charges (see is_chargeable).
+    CHARGEABLE_STATUSES = (Status.ACTIVE, Status.PAST_DUE)
+
     # Indexed by sub_owner_idx (owner, -created_at).
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -40,7 +68,7 @@ class Subscription(models.Model):
     payer_address = models.CharField(max_length=42)
     recipient_address = models.CharField(max_length=42)
     wallet = models.ForeignKey(
-        "autopay.PayerWallet",
+        PayerWallet,
         on_delete=models.PROTECT,
         null=True,
         blank=True,
@@ -115,6 +143,16 @@ class Subscription(models.Model):
     def amount_atomic(self) -> int:
         return to_atomic(self.amount, self.token_decimals)
 
+    @property
+    def is_chargeable(self) -> bool:
+        """Whether the engine may charge this subscription now (the one place that says)."""
+        return self.auto_pay_enabled and self.status in self.CHARGEABLE_STATUSES
+
+    @classmethod
+    def chargeable(cls) -> Q:
+        """``is_chargeable`` as a query condition on subscriptions."""
+        return Q(auto_pay_enabled=True, status__in=cls.CHARGEABLE_STATUSES)
+
 
 def to_atomic(amount: Decimal, decimals: int) -> int:
     """Exact conversion of a decimal token amount to integer atomic units."""
@@ -147,7 +185,7 @@ class Payment(models.Model):
     # The server-held wallet that signs for payer_address, taken from the subscription when the
     # payment is created; the signer loads its key by this id and the subscription's owner.
     wallet = models.ForeignKey(
-        "autopay.PayerWallet",
+        PayerWallet,
         on_delete=models.PROTECT,
         null=True,
         blank=True,

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from subscriptions.models import Payment, Subscription
+from subscriptions.models import PayerWallet, Payment, Subscription
 
 
 def subscription_list(*, user: Any) -> QuerySet[Subscription]:
@@ -21,3 +21,10 @@ def payment_list(*, user: Any) -> QuerySet[Payment]:
     if user.is_staff:
         return queryset
     return queryset.filter(subscription__owner=user)
+
+
+def wallet_list(*, user: Any) -> QuerySet[PayerWallet]:
+    queryset = PayerWallet.objects.all()
+    if user.is_staff:
+        return queryset
+    return queryset.filter(owner=user)

@@ -10,24 +10,33 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from eth_account import Account
 
-from subscriptions import periods
-from subscriptions.models import Payment, Subscription
+from config.errors import ServiceError, StateConflict
+from subscriptions import errors, periods
+from subscriptions.custody import encrypt_private_key
+from subscriptions.models import PayerWallet, Payment, Subscription
 
 logger = logging.getLogger(__name__)
 
 
-class SubscriptionStateError(Exception):
+class SubscriptionStateError(ServiceError):
     """The subscription is in a state that does not allow the operation (HTTP 400)."""
 
+    code = "subscription_state"
 
-class PaymentConflict(Exception):
+
+class PaymentConflict(StateConflict):
     """The period's payment is already in flight or paid (HTTP 409)."""
+
+    code = "payment_conflict"
 
 
 class ForeignWallet(SubscriptionStateError):
     """The wallet does not belong to the subscription's owner (HTTP 400). Checked here as well
     as in the serializer, so that no caller (admin, command, a future API) can skip it."""
+
+    code = "foreign_wallet"
 
 
 def _check_wallet(*, owner_id: Any, wallet: Any, payer_address: str) -> None:
@@ -50,6 +59,17 @@ UPDATABLE_FIELDS = (
     "wallet",
     "payer_address",
 )
+
+
+def wallet_create(*, owner: Any, label: str = "") -> PayerWallet:
+    """Generate a new payer key; store it encrypted and return the wallet (address only)."""
+    account = Account.create()
+    return PayerWallet.objects.create(
+        owner=owner,
+        label=label,
+        address=account.address,
+        encrypted_private_key=encrypt_private_key(bytes(account.key)),
+    )
 
 
 def subscription_create(
@@ -96,7 +116,7 @@ def subscription_create(
     return subscription
 
 
-def _locked(subscription: Subscription) -> Subscription:
+def subscription_lock(subscription: Subscription) -> Subscription:
     """The subscription's row, locked for this transaction: decisions use its current state,
     never the caller's (possibly stale) copy."""
     return Subscription.objects.select_for_update().get(pk=subscription.pk)
@@ -108,7 +128,7 @@ def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscr
     if unknown:
         raise ValueError(f"fields cannot be updated: {', '.join(sorted(unknown))}")
     with transaction.atomic():
-        subscription = _locked(subscription)
+        subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             raise SubscriptionStateError("A canceled subscription cannot be changed.")
         for field, value in changes.items():
@@ -125,7 +145,7 @@ def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscr
 
 def subscription_pause(*, subscription: Subscription) -> Subscription:
     with transaction.atomic():
-        subscription = _locked(subscription)
+        subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             raise SubscriptionStateError("A canceled subscription cannot be paused.")
         if subscription.status == Subscription.Status.PAUSED:
@@ -145,7 +165,7 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
     """
     now = timezone.now()
     with transaction.atomic():
-        subscription = _locked(subscription)
+        subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             raise SubscriptionStateError("A canceled subscription cannot be resumed.")
         if subscription.status in (Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE):
@@ -182,7 +202,7 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
 
 def subscription_cancel(*, subscription: Subscription) -> Subscription:
     with transaction.atomic():
-        subscription = _locked(subscription)
+        subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             return subscription
         subscription.status = Subscription.Status.CANCELED
@@ -227,64 +247,51 @@ def payment_build(*, subscription: Subscription, index: int) -> Payment:
     )
 
 
-def payment_trigger(*, subscription: Subscription) -> Any:
-    """Manual trigger: create (or reuse) the payment of the current due period and a job.
+def payment_take_due(*, subscription: Subscription, now: datetime) -> Payment:
+    """The payment of the subscription's earliest due, unpaid period, created when needed
+    (missed periods beyond the limit waived first), on the subscription's locked row; the
+    caller holds the transaction. For a manual charge (jobs.services.payment_trigger).
 
-    Raises SubscriptionStateError (400) when auto-pay is off or the subscription cannot pay,
-    PaymentConflict (409) when that period's payment is in flight or already paid.
+    Raises SubscriptionStateError (400) when the subscription cannot be charged now,
+    PaymentConflict (409) when nothing is due or the period is already paid.
     """
-    from jobs.models import Job
-    from jobs.services import JobAlreadyOpen, job_create
-
-    now = timezone.now()
-    with transaction.atomic():
-        # Serialises triggers on one subscription; the scan skips rows locked here (SKIP
-        # LOCKED) and takes them on its next run. The checks run on the locked row.
-        subscription = _locked(subscription)
-        if not subscription.auto_pay_enabled:
-            raise SubscriptionStateError("Auto-pay is not enabled for this subscription.")
-        if subscription.status not in (
-            Subscription.Status.ACTIVE,
-            Subscription.Status.PAST_DUE,
-        ):
-            raise SubscriptionStateError(
-                f"Subscription is {subscription.status}; only active or past-due subscriptions "
-                "can be charged."
-            )
-        payment = (
-            subscription.payments.select_for_update()
-            .exclude(status__in=SETTLED_STATUSES)
-            .filter(period_start__lte=now)
-            .order_by("period_start")
-            .first()
+    # Serialises triggers on one subscription; the scan skips rows locked here (SKIP
+    # LOCKED) and takes them on its next run. The checks run on the locked row.
+    subscription = subscription_lock(subscription)
+    if not subscription.is_chargeable:
+        raise SubscriptionStateError(
+            "Auto-pay is not enabled for this subscription."
+            if not subscription.auto_pay_enabled
+            else f"Subscription is {subscription.status}; only active or past-due "
+            "subscriptions can be charged."
         )
-        if payment is None:
-            if subscription.next_period_due_at > now:
-                if subscription.next_period_index == 0:
-                    raise PaymentConflict(
-                        "Nothing is due yet: the first billing period starts at "
-                        f"{subscription.next_period_due_at.isoformat()}."
-                    )
+    payment = (
+        subscription.payments.select_for_update()
+        .exclude(status__in=SETTLED_STATUSES)
+        .filter(period_start__lte=now)
+        .order_by("period_start")
+        .first()
+    )
+    if payment is None:
+        if subscription.next_period_due_at > now:
+            if subscription.next_period_index == 0:
                 raise PaymentConflict(
-                    "The current billing period is already paid; the next payment is due at "
-                    f"{subscription.next_payment_due_at.isoformat()}."
+                    "Nothing is due yet: the first billing period starts at "
+                    f"{subscription.next_period_due_at.isoformat()}."
                 )
-            _waive_missed_periods(subscription, now=now)
-            payment = _payment_insert_or_get(
-                subscription=subscription, index=subscription.next_period_index
+            raise PaymentConflict(
+                "The current billing period is already paid; the next payment is due at "
+                f"{subscription.next_payment_due_at.isoformat()}."
             )
-            _advance_cursor(subscription, past_index=payment.period_index)
-        if payment.status == Payment.Status.COMPLETED:
-            raise PaymentConflict("This period's payment is already completed.")
-        if payment.jobs.filter(status__in=Job.OPEN_STATUSES).exists():
-            raise PaymentConflict("This period's payment is already in flight.")
-        payment_reopen(payment=payment)
-        try:
-            job = job_create(payment=payment, source=Job.Source.MANUAL)
-        except JobAlreadyOpen as exc:
-            raise PaymentConflict("This period's payment is already in flight.") from exc
-        _refresh_next_payment_due(subscription)
-    return job
+        _waive_missed_periods(subscription, now=now)
+        payment = _payment_insert_or_get(
+            subscription=subscription, index=subscription.next_period_index
+        )
+        _advance_cursor(subscription, past_index=payment.period_index)
+    if payment.status == Payment.Status.COMPLETED:
+        raise PaymentConflict("This period's payment is already completed.")
+    _refresh_next_payment_due(subscription)
+    return payment
 
 
 def _waive_missed_periods(subscription: Subscription, *, now: datetime) -> None:
@@ -383,7 +390,7 @@ def payment_record_failure(*, payment: Payment, code: str, message: str) -> Paym
         locked.error_message = message[:2000]
         locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
         subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
-        if code != "subscription_not_active" and subscription.status in (
+        if code != errors.SubscriptionNotActive.code and subscription.status in (
             Subscription.Status.ACTIVE,
             Subscription.Status.PAST_DUE,
         ):

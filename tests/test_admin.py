@@ -9,9 +9,10 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from autopay.custody import encrypt_private_key
 from jobs.models import Job
+from jobs.services import payment_trigger
 from subscriptions import services
+from subscriptions.custody import encrypt_private_key
 from subscriptions.models import Payment, Subscription
 from tests.factories import PayerWalletFactory, SubscriptionFactory, UserFactory, new_address
 
@@ -25,7 +26,7 @@ def operator(client: Client, staff_user: Any) -> Client:
 
 
 def failed_job(subscription: Subscription) -> Job:
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     Job.objects.filter(pk=job.pk).update(
         status=Job.Status.FAILED, error_code="rpc_timeout", error="RPC timed out"
     )
@@ -100,7 +101,7 @@ def test_payment_changelist_search_and_filters(operator: Client) -> None:
 
 def test_job_changelist_search_and_filters(operator: Client) -> None:
     failed = failed_job(SubscriptionFactory.create())
-    waiting = services.payment_trigger(subscription=SubscriptionFactory.create())
+    waiting = payment_trigger(subscription=SubscriptionFactory.create())
     url = "/admin/jobs/job/"
 
     everything = page(operator, url)
@@ -128,7 +129,7 @@ def test_job_changelist_search_and_filters(operator: Client) -> None:
 def test_wallet_changelist_search(operator: Client) -> None:
     mine = PayerWalletFactory.create(label="treasury")
     other = PayerWalletFactory.create(label="petty cash")
-    url = "/admin/autopay/payerwallet/"
+    url = "/admin/subscriptions/payerwallet/"
 
     searched = page(operator, f"{url}?q=treasury")
     assert mine.address in searched
@@ -137,7 +138,7 @@ def test_wallet_changelist_search(operator: Client) -> None:
 
 
 def test_subscription_change_page_renders_with_payments(operator: Client) -> None:
-    job = services.payment_trigger(subscription=SubscriptionFactory.create(service_name="Inline"))
+    job = payment_trigger(subscription=SubscriptionFactory.create(service_name="Inline"))
     content = page(operator, f"/admin/subscriptions/subscription/{job.subscription_id}/change/")
     assert "Inline" in content
     assert "pending" in content.lower()
@@ -169,7 +170,7 @@ def test_retry_selected_creates_a_new_waiting_job_on_the_same_payment(operator: 
 
 
 def test_retry_selected_skips_jobs_that_are_not_failed(operator: Client) -> None:
-    waiting = services.payment_trigger(subscription=SubscriptionFactory.create())
+    waiting = payment_trigger(subscription=SubscriptionFactory.create())
 
     response = operator.post(
         "/admin/jobs/job/",
@@ -232,7 +233,7 @@ def test_cancel_selected_goes_through_the_service(operator: Client) -> None:
         "/admin/",
         "/admin/subscriptions/subscription/",
         "/admin/jobs/job/",
-        "/admin/autopay/payerwallet/",
+        "/admin/subscriptions/payerwallet/",
     ],
 )
 def test_non_staff_and_anonymous_are_sent_to_login(client: Client, user: Any, url: str) -> None:
@@ -273,10 +274,10 @@ def test_wallet_pages_never_show_key_material(operator: Client) -> None:
     forbidden = [wallet.encrypted_private_key, private_hex, "encrypted_private_key"]
 
     for url in (
-        "/admin/autopay/payerwallet/",
-        f"/admin/autopay/payerwallet/{wallet.pk}/change/",
-        f"/admin/autopay/payerwallet/{wallet.pk}/history/",
-        f"/admin/autopay/payerwallet/?q={wallet.address}",
+        "/admin/subscriptions/payerwallet/",
+        f"/admin/subscriptions/payerwallet/{wallet.pk}/change/",
+        f"/admin/subscriptions/payerwallet/{wallet.pk}/history/",
+        f"/admin/subscriptions/payerwallet/?q={wallet.address}",
     ):
         content = page(operator, url)
         assert wallet.address in content
@@ -290,7 +291,7 @@ def test_wallet_change_form_cannot_replace_the_address_or_key(operator: Client) 
     original = (wallet.address, wallet.encrypted_private_key)
 
     response = operator.post(
-        f"/admin/autopay/payerwallet/{wallet.pk}/change/",
+        f"/admin/subscriptions/payerwallet/{wallet.pk}/change/",
         {
             "label": "after",
             "address": new_address(),
@@ -306,14 +307,14 @@ def test_wallet_change_form_cannot_replace_the_address_or_key(operator: Client) 
 
 
 def test_wallets_cannot_be_added_by_hand(operator: Client) -> None:
-    assert operator.get("/admin/autopay/payerwallet/add/").status_code == 403
+    assert operator.get("/admin/subscriptions/payerwallet/add/").status_code == 403
 
 
 def test_wallets_and_jobs_cannot_be_deleted(operator: Client) -> None:
     wallet = PayerWalletFactory.create()
     job = failed_job(SubscriptionFactory.create())
 
-    assert operator.get(f"/admin/autopay/payerwallet/{wallet.pk}/delete/").status_code == 403
+    assert operator.get(f"/admin/subscriptions/payerwallet/{wallet.pk}/delete/").status_code == 403
     assert operator.get(f"/admin/jobs/job/{job.pk}/delete/").status_code == 403
     bulk = operator.post(
         "/admin/jobs/job/",

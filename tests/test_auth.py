@@ -24,9 +24,9 @@ from knox.crypto import hash_token
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
-from autopay.api import limits
 from autopay.api.tokens import issue_token
 from autopay.chain.anvil import free_port
+from config import limits
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -336,7 +336,7 @@ def test_throttling_fails_open_when_the_cache_is_unreachable(
         }
     }
     monkeypatch.setattr(limits, "_last_warning", 0.0)
-    caplog.set_level(logging.WARNING, logger="autopay.api.limits")
+    caplog.set_level(logging.WARNING, logger="config.limits")
 
     started = time.monotonic()
     answers = [api.get("/api/wallets/") for _ in range(3)]

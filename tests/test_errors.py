@@ -226,7 +226,7 @@ def assert_envelope(response: Any, http_status: int | None = None) -> dict[str, 
     body = response.json()
     assert body["success"] is False, body
     assert isinstance(body["error"], str) and body["error"].strip(), body
-    assert set(body) <= {"success", "error", "details"}, body
+    assert set(body) <= {"success", "error", "details", "code"}, body
     return dict(body)
 
 

@@ -147,7 +147,7 @@ def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def test_schema_documents_the_error_envelope(schema: dict[str, Any]) -> None:
     error = schema["components"]["schemas"]["ApiError"]
-    assert set(error["properties"]) == {"success", "error", "details"}
+    assert set(error["properties"]) == {"success", "error", "details", "code"}
     assert set(error["required"]) == {"success", "error"}
 
 

@@ -1,26 +1,22 @@
-"""Payer wallet endpoints: create (server generates the key) and list; the key never leaves."""
+"""Engine endpoints that need the chain: a wallet's token balance."""
 
 from __future__ import annotations
 
-import logging
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.decorators import action
+from rest_framework import serializers, status
+from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import BaseThrottle
 
-from autopay.api.limits import WalletCreateRateThrottle
-from autopay.api.serializers import WalletInputSerializer, WalletOutputSerializer
-from autopay.models import PayerWallet
-from autopay.wallets import wallet_create
+from autopay.chain.client import ChainUnavailable, token_balance
 from config.api import ApiErrorSerializer, error_response
-
-logger = logging.getLogger(__name__)
+from subscriptions import selectors
+from subscriptions.models import PayerWallet
 
 WalletBalanceSerializer = inline_serializer(
     "WalletBalance",
@@ -33,43 +29,25 @@ WalletBalanceSerializer = inline_serializer(
 )
 
 
-class WalletViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    serializer_class = WalletOutputSerializer
-
-    def get_throttles(self) -> list[BaseThrottle]:
-        # Each wallet is a new server-held key: creation has a tight limit of its own.
-        throttles = list(super().get_throttles())
-        if self.action == "create":
-            throttles.append(WalletCreateRateThrottle())
-        return throttles
+class WalletBalanceView(GenericAPIView):
+    """GET /api/wallets/{id}/balance: one of the caller's wallets, read on the chain."""
 
     def get_queryset(self) -> QuerySet[PayerWallet]:
-        queryset = PayerWallet.objects.all()
-        if self.request.user.is_staff:
-            return queryset
-        return queryset.filter(owner_id=self.request.user.pk)
-
-    @extend_schema(request=WalletInputSerializer, responses={201: WalletOutputSerializer})
-    def create(self, request: Request) -> Response:
-        """Create a dedicated auto-pay wallet; fund its address with the token to pay from it."""
-        serializer = WalletInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        wallet = wallet_create(owner=request.user, **serializer.validated_data)
-        return Response(WalletOutputSerializer(wallet).data, status=status.HTTP_201_CREATED)
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
+            return PayerWallet.objects.none()
+        return selectors.wallet_list(user=self.request.user)
 
     @extend_schema(
+        operation_id="wallets_balance_retrieve",
         responses={
             200: WalletBalanceSerializer,
             503: OpenApiResponse(
                 ApiErrorSerializer, description="No TOKEN_ADDRESS, or the chain RPC unreachable"
             ),
-        }
+        },
     )
-    @action(detail=True, methods=["get"])
-    def balance(self, request: Request, pk: Any = None) -> Response:
+    def get(self, request: Request, pk: Any = None) -> Response:
         """The wallet's token balance on the configured chain."""
-        from autopay.chain.client import ChainUnavailable, token_balance
-
         wallet = self.get_object()
         if not settings.TOKEN_ADDRESS:
             return error_response(
@@ -79,8 +57,6 @@ class WalletViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             atomic = token_balance(settings.TOKEN_ADDRESS, wallet.address)
         except ChainUnavailable as exc:
             return error_response(str(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
-        from decimal import Decimal
-
         amount = Decimal(atomic).scaleb(-settings.TOKEN_DECIMALS)
         return Response(
             {

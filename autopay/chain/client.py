@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import requests
@@ -14,14 +15,20 @@ from django.conf import settings
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
-from web3.exceptions import TimeExhausted
+from web3.exceptions import (
+    BlockNotFound,
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
+)
 
 from autopay.chain.abi import (
     AUTHORIZATION_USED_TOPIC,
     EIP712_DOMAIN_TYPEHASH,
     ERC20_MINIMAL_ABI,
 )
-from autopay.errors import RpcUnavailable
+from subscriptions.errors import RpcUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +82,6 @@ def get_web3(rpc_url: str | None = None) -> Web3:
 def call_rpc(function: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a web3 call, turning transport failures and JSON-RPC errors that are not reverts
     (rate limits, range limits, node out of sync) into ChainUnavailable (transient)."""
-    from web3.exceptions import (
-        BlockNotFound,
-        ContractLogicError,
-        TransactionNotFound,
-        Web3RPCError,
-    )
-
     try:
         return function(*args, **kwargs)
     except (ContractLogicError, TransactionNotFound, BlockNotFound):
@@ -194,8 +194,6 @@ _block_cache: dict[str, tuple[float, int]] = {}
 
 def recent_block_number(*, max_age: float = 5.0) -> int:
     """The head block number, cached for ``max_age`` seconds (a search start, not a fact)."""
-    import time
-
     url = settings.CHAIN_RPC_URL
     now = time.monotonic()
     cached = _block_cache.get(url)
@@ -213,8 +211,6 @@ def block_number(*, w3: Web3 | None = None) -> int:
 
 def transaction_receipt(tx_hash: str, *, w3: Web3 | None = None) -> dict[str, Any] | None:
     """The receipt of ``tx_hash`` or None while it is not mined."""
-    from web3.exceptions import TransactionNotFound
-
     w3 = w3 or get_web3()
     try:
         return dict(call_rpc(w3.eth.get_transaction_receipt, tx_hash))
@@ -224,8 +220,6 @@ def transaction_receipt(tx_hash: str, *, w3: Web3 | None = None) -> dict[str, An
 
 def transaction_known(tx_hash: str, *, w3: Web3 | None = None) -> bool:
     """Whether the node knows the transaction (pending or mined)."""
-    from web3.exceptions import TransactionNotFound
-
     w3 = w3 or get_web3()
     try:
         call_rpc(w3.eth.get_transaction, tx_hash)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import to_checksum_address
@@ -27,8 +29,9 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from x402.mechanisms.evm.types import TransactionReceipt
 
-from autopay.chain.client import ChainUnavailable, is_transport_error
-from autopay.errors import NonceRace, SettlementPending, TransientPaymentError
+from autopay.chain.client import ChainUnavailable, get_web3, is_transport_error, token_balance
+from config.redis import get_redis
+from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentError
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +192,6 @@ class Relayer:
         return bytes(self._rpc(self._w3.eth.get_code, to_checksum_address(address)))
 
     def get_balance(self, address: str, token_address: str) -> int:
-        from autopay.chain.client import token_balance
-
         return token_balance(token_address, address, w3=self._w3)
 
     def verify_typed_data(
@@ -382,8 +383,6 @@ class Relayer:
 
     def wait_for_receipt(self, tx_hash: str) -> dict[str, Any]:
         """Poll for the receipt until it has the configured confirmations, or time out."""
-        from web3.exceptions import TransactionNotFound
-
         deadline = time.monotonic() + self._confirmation_timeout
         while True:
             try:
@@ -409,12 +408,6 @@ _relayers_lock = threading.Lock()
 
 def get_relayer() -> Relayer:
     """The process's relayer for the configured chain (RELAYER_PRIVATE_KEY)."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    from autopay.chain.client import get_web3
-    from autopay.redis_client import get_redis
-
     if not settings.RELAYER_PRIVATE_KEY:
         raise ImproperlyConfigured(
             "RELAYER_PRIVATE_KEY is not set; the facilitator cannot pay gas."

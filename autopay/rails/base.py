@@ -1,11 +1,42 @@
-"""The rail interface the engine depends on."""
+"""The rail interface the engine depends on: plain data in (PaymentIntent), plain data out
+(Settlement). A rail never sees a model, so it can be tested without a database."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
-from subscriptions.models import Payment
+from autopay.rails.authorization import TransferAuthorization
+
+
+class Progress(IntEnum):
+    """A job's progress at each step of a payment, as the baseline reported it."""
+
+    VALIDATED = 10
+    SIGNED = 30
+    SUBMITTED = 50
+    CONFIRMED = 80
+    RECORDED = 100
+
+
+@dataclass(frozen=True)
+class PaymentIntent:
+    """One billing period's payment, as a rail needs it."""
+
+    payment_id: int
+    subscription_id: int
+    network: str  # CAIP-2, e.g. eip155:8453
+    token_address: str
+    payer: str
+    recipient: str
+    amount_atomic: int
+    # The EIP-3009 nonce derived from the payment: the chain refuses a second settlement.
+    nonce: str
+    # Where a search for this authorization's transaction may start (None: not yet signed).
+    search_from_block: int | None = None
+    # The transaction recorded for it before broadcast by an earlier attempt, if any.
+    transaction_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -18,10 +49,13 @@ class Settlement:
 
 
 class PaymentHooks(Protocol):
+    """What the engine does for a rail while it pays: record, report, and sign for the payer."""
+
     def prepared(
         self, *, nonce: str, valid_after: int, valid_before: int, search_from_block: int | None
     ) -> None: ...
-    def progress(self, percent: int) -> None: ...
+    def sign(self, authorization: TransferAuthorization) -> str: ...
+    def progress(self, step: Progress) -> None: ...
     def signed_transaction(self, tx_hash: str) -> None: ...
     def unsent_transaction(self, tx_hash: str) -> None: ...
 
@@ -29,8 +63,8 @@ class PaymentHooks(Protocol):
 class PaymentRail(Protocol):
     name: str
 
-    def reconcile(self, payment: Payment) -> Settlement | None:
+    def reconcile(self, intent: PaymentIntent) -> Settlement | None:
         """If this payment was already settled on-chain, return that settlement."""
 
-    def pay(self, payment: Payment, hooks: PaymentHooks) -> Settlement:
+    def pay(self, intent: PaymentIntent, hooks: PaymentHooks) -> Settlement:
         """Sign, verify, settle and confirm; raise a PaymentError on failure."""

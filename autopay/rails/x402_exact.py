@@ -18,18 +18,21 @@ import logging
 import time
 from typing import Any
 
+import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from eth_utils import to_checksum_address
 from redis.exceptions import RedisError
+from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
+from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme
+from x402.mechanisms.evm.exact.facilitator import ExactEvmSchemeConfig
 from x402.schemas import PaymentPayload, PaymentRequirements
 
-from autopay import errors
 from autopay.chain import client as chain
-from autopay.chain.relayer import SettlementContext, settlement_context
-from autopay.rails.base import PaymentHooks, Settlement
-from autopay.signers import TransferAuthorization, derive_authorization_nonce, signer_for_payment
-from subscriptions.models import Payment
+from autopay.chain.relayer import SettlementContext, get_relayer, settlement_context
+from autopay.rails.authorization import TransferAuthorization
+from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
+from subscriptions import errors
 
 logger = logging.getLogger(__name__)
 
@@ -117,93 +120,76 @@ class X402ExactRail:
 
     # --- building blocks ------------------------------------------------------------------
 
-    def requirements(self, payment: Payment) -> PaymentRequirements:
+    def requirements(self, intent: PaymentIntent) -> PaymentRequirements:
         return PaymentRequirements(
             scheme="exact",
-            network=payment.network,
-            asset=to_checksum_address(payment.token_address),
-            amount=str(payment.amount_atomic),
-            pay_to=to_checksum_address(payment.recipient_address),
+            network=intent.network,
+            asset=to_checksum_address(intent.token_address),
+            amount=str(intent.amount_atomic),
+            pay_to=to_checksum_address(intent.recipient),
             max_timeout_seconds=self._validity_seconds,
             extra={"name": self._token_name, "version": self._token_version},
         )
 
-    def nonce(self, payment: Payment) -> str:
-        return derive_authorization_nonce(
-            chain_id=self._chain_id,
-            token_address=payment.token_address,
-            payer=payment.payer_address,
-            subscription_id=payment.subscription_id,
-            period_start=int(payment.period_start.timestamp()),
-        )
-
-    def authorization(self, payment: Payment, *, now: int) -> TransferAuthorization:
+    def authorization(self, intent: PaymentIntent, *, now: int) -> TransferAuthorization:
         return TransferAuthorization(
-            token_address=to_checksum_address(payment.token_address),
+            token_address=to_checksum_address(intent.token_address),
             chain_id=self._chain_id,
             token_name=self._token_name,
             token_version=self._token_version,
-            payer=to_checksum_address(payment.payer_address),
-            recipient=to_checksum_address(payment.recipient_address),
-            value=payment.amount_atomic,
+            payer=to_checksum_address(intent.payer),
+            recipient=to_checksum_address(intent.recipient),
+            value=intent.amount_atomic,
             valid_after=now - VALID_AFTER_SKEW_SECONDS,
             valid_before=now + self._validity_seconds,
-            nonce=payment.authorization_nonce or self.nonce(payment),
+            nonce=intent.nonce,
         )
 
     # --- PaymentRail ----------------------------------------------------------------------
 
-    def reconcile(self, payment: Payment) -> Settlement | None:
+    def reconcile(self, intent: PaymentIntent) -> Settlement | None:
         """Ask the chain whether this period was already paid (by a crashed or racing attempt)."""
-        if payment.network != self._network:
-            raise errors.PermanentPaymentError(
-                f"payment is on {payment.network}, this engine pays on {self._network}",
-                code="unsupported_network",
+        if intent.network != self._network:
+            raise errors.UnsupportedNetwork(
+                f"payment is on {intent.network}, this engine pays on {self._network}"
             )
-        nonce = payment.authorization_nonce or self.nonce(payment)
-        if chain.authorization_used(payment.token_address, payment.payer_address, nonce):
+        if chain.authorization_used(intent.token_address, intent.payer, intent.nonce):
             found = chain.find_authorization_transaction(
-                payment.token_address,
-                payment.payer_address,
-                nonce,
-                from_block=max(payment.search_from_block - 10, 0)
-                if payment.search_from_block is not None
+                intent.token_address,
+                intent.payer,
+                intent.nonce,
+                from_block=max(intent.search_from_block - 10, 0)
+                if intent.search_from_block is not None
                 else None,
             )
             if found is None:
-                raise errors.PermanentPaymentError(
-                    "the payer canceled this period's authorization on-chain",
-                    code="authorization_canceled",
+                raise errors.AuthorizationCanceled(
+                    "the payer canceled this period's authorization on-chain"
                 )
             return Settlement(transaction_hash=found[0], block_number=found[1], reconciled=True)
-        if payment.transaction_hash and chain.transaction_known(payment.transaction_hash):
-            receipt = chain.transaction_receipt(payment.transaction_hash)
+        if intent.transaction_hash and chain.transaction_known(intent.transaction_hash):
+            receipt = chain.transaction_receipt(intent.transaction_hash)
             if receipt is None:
                 # Broadcast and still pending: wait for it instead of sending a second one.
                 raise errors.SettlementPending(
-                    f"transaction {payment.transaction_hash} is still pending"
+                    f"transaction {intent.transaction_hash} is still pending"
                 )
         return None
 
-    def pay(self, payment: Payment, hooks: PaymentHooks) -> Settlement:
+    def pay(self, intent: PaymentIntent, hooks: PaymentHooks) -> Settlement:
         now = int(time.time())
-        authorization = self.authorization(payment, now=now)
+        authorization = self.authorization(intent, now=now)
         hooks.prepared(
             nonce=authorization.nonce,
             valid_after=authorization.valid_after,
             valid_before=authorization.valid_before,
             # Where a later search for this authorization's transaction may start.
-            search_from_block=payment.search_from_block or chain.recent_block_number(),
+            search_from_block=intent.search_from_block or chain.recent_block_number(),
         )
-        signer = signer_for_payment(
-            wallet_id=payment.wallet_id,
-            owner_id=payment.subscription.owner_id,
-            payer_address=payment.payer_address,
-        )
-        signature = signer.sign(authorization)
-        hooks.progress(30)
+        signature = hooks.sign(authorization)
+        hooks.progress(Progress.SIGNED)
 
-        requirements = self.requirements(payment)
+        requirements = self.requirements(intent)
         payload = PaymentPayload(
             x402_version=2,
             payload={
@@ -226,40 +212,38 @@ class X402ExactRail:
             verified = self._call("verify", payload, requirements, context)
             if not verified.is_valid:
                 return self._refused(
-                    payment, verified.invalid_reason, verified.invalid_message, context
+                    intent, verified.invalid_reason, verified.invalid_message, context
                 )
             if self._remote:
-                hooks.progress(50)
+                hooks.progress(Progress.SUBMITTED)
             settled = self._call("settle", payload, requirements, context)
         if settled.transaction and self._remote:
             hooks.signed_transaction(settled.transaction)
         if not settled.success:
-            return self._refused(payment, settled.error_reason, settled.error_message, context)
+            return self._refused(intent, settled.error_reason, settled.error_message, context)
         receipt = chain.transaction_receipt(settled.transaction)
         if self._remote and (
             receipt is None
             or int(receipt["status"]) != 1
-            or not chain.authorization_used(
-                payment.token_address, payment.payer_address, authorization.nonce
-            )
+            or not chain.authorization_used(intent.token_address, intent.payer, authorization.nonce)
         ):
             # A remote facilitator's word is not proof: the chain must show the transfer.
             raise errors.SettlementPending(
                 f"facilitator reported {settled.transaction} settled; not yet seen on-chain"
             )
-        hooks.progress(80)
+        hooks.progress(Progress.CONFIRMED)
         block = int(receipt["blockNumber"]) if receipt else None
         return Settlement(transaction_hash=settled.transaction, block_number=block)
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _domain_differs(self, payment: Payment) -> bool:
-        on_chain = chain.domain_separator(payment.token_address)
+    def _domain_differs(self, intent: PaymentIntent) -> bool:
+        on_chain = chain.domain_separator(intent.token_address)
         return on_chain is not None and on_chain != chain.expected_domain_separator(
             name=self._token_name,
             version=self._token_version,
             chain_id=self._chain_id,
-            token_address=payment.token_address,
+            token_address=intent.token_address,
         )
 
     def _call(
@@ -281,7 +265,11 @@ class X402ExactRail:
             raise
 
     def _refused(
-        self, payment: Payment, reason: str | None, message: str | None, context: SettlementContext
+        self,
+        intent: PaymentIntent,
+        reason: str | None,
+        message: str | None,
+        context: SettlementContext,
     ) -> Settlement:
         reason = reason or "unknown"
         detail = f"{reason}: {message}" if message else reason
@@ -293,15 +281,14 @@ class X402ExactRail:
         ):
             raise original
         if isinstance(original, RedisError):
-            raise errors.TransientPaymentError(
-                f"relayer bookkeeping unavailable: {type(original).__name__}",
-                code="redis_unavailable",
+            raise errors.RedisUnavailable(
+                f"relayer bookkeeping unavailable: {type(original).__name__}"
             ) from original
         if context.transport_error is not None:
             raise errors.RpcUnavailable(f"chain RPC unavailable ({reason})")
         # Whatever the reason, the period may already be paid (a racing attempt won, or our
         # own broadcast landed): the chain decides before anything is called a failure.
-        settlement = self.reconcile(payment)
+        settlement = self.reconcile(intent)
         if settlement is not None:
             return settlement
         if context.sent_hashes:
@@ -315,7 +302,7 @@ class X402ExactRail:
             raise errors.SettlementPending(detail)
         if reason in _CONFIGURATION_REASONS:
             raise errors.ConfigurationError(f"token misconfigured ({detail})")
-        if reason in _SIGNATURE_REASONS and self._domain_differs(payment):
+        if reason in _SIGNATURE_REASONS and self._domain_differs(intent):
             # Our signature is fine for the domain we were told; the token has another one.
             raise errors.ConfigurationError(
                 "the token's EIP-712 domain differs from TOKEN_EIP712_NAME/TOKEN_EIP712_VERSION "
@@ -333,8 +320,8 @@ class X402ExactRail:
         if reason == "transaction_failed" and context.sent_hashes:
             raise errors.SettlementReverted(detail)
         if reason in ("invalid_exact_evm_transaction_simulation_failed", "transaction_failed"):
-            raise errors.PermanentPaymentError(detail, code="settlement_failed")
-        raise errors.PermanentPaymentError(detail, code="facilitator_rejected")
+            raise errors.SettlementFailed(detail)
+        raise errors.FacilitatorRejected(detail)
 
 
 def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:
@@ -346,26 +333,17 @@ def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:
         )
     if "failed (5" in text or "failed (429" in text or "failed (408" in text:
         return errors.FacilitatorUnavailable(f"facilitator {method} answered {text[:200]}")
-    import httpx
-
     if isinstance(exc, httpx.HTTPError):
         return errors.FacilitatorUnavailable(
             f"facilitator {method} unreachable: {type(exc).__name__}"
         )
-    return errors.PermanentPaymentError(
-        f"facilitator {method} refused: {text[:300]}", code="facilitator_rejected"
-    )
+    return errors.FacilitatorRejected(f"facilitator {method} refused: {text[:300]}")
 
 
 class _InProcessFacilitator:
     """The SDK's exact-EVM facilitator mechanism with our relayer, restricted to our network."""
 
     def __init__(self) -> None:
-        from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme
-        from x402.mechanisms.evm.exact.facilitator import ExactEvmSchemeConfig
-
-        from autopay.chain.relayer import get_relayer
-
         self._scheme = ExactEvmFacilitatorScheme(
             get_relayer(),
             ExactEvmSchemeConfig(simulate_in_settle=False),
@@ -381,7 +359,6 @@ class _InProcessFacilitator:
 
 def _facilitator_from_settings() -> Any:
     if settings.X402_FACILITATOR_URL:
-        from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
 
         class _HeaderAuth:
             def __init__(self, value: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -55,6 +55,45 @@ class AnalyticsSerializer(serializers.Serializer):
         }
 
 
+class PaymentVolumeSerializer(serializers.Serializer):
+    """Schema only (``volume_representation`` makes it): amounts are exact decimal strings."""
+
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    completedAmount = serializers.CharField()
+    failedAmount = serializers.CharField()
+    successRate = serializers.FloatField(
+        allow_null=True, help_text="completed / (completed + failed); null when none finished."
+    )
+
+
+class DayVolumeSerializer(PaymentVolumeSerializer):
+    date = serializers.DateField()
+
+
+class ServiceVolumeSerializer(PaymentVolumeSerializer):
+    serviceName = serializers.CharField()
+
+
+AnalyticsResponse = inline_serializer(
+    "PaymentAnalyticsResponse",
+    fields={
+        "success": serializers.BooleanField(),
+        "data": inline_serializer(
+            "PaymentAnalytics",
+            fields={
+                "days": serializers.IntegerField(),
+                "from": serializers.DateField(),
+                "to": serializers.DateField(),
+                "perDay": DayVolumeSerializer(many=True),
+                "perService": ServiceVolumeSerializer(many=True),
+                "totals": PaymentVolumeSerializer(),
+            },
+        ),
+    },
+)
+
+
 class AnalyticsView(APIView):
     @extend_schema(
         parameters=[
@@ -65,7 +104,7 @@ class AnalyticsView(APIView):
                 default=analytics.DEFAULT_DAYS,
             )
         ],
-        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+        responses={200: AnalyticsResponse},
     )
     def get(self, request: Request) -> Response:
         """Payment volume and success rate per day and per service over the last ``days`` days.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from jobs.models import Job
@@ -20,24 +21,9 @@ def job_result(job: Job) -> dict[str, Any] | None:
 class JobStatusSerializer(serializers.Serializer):
     """GET /api/jobs/{jobId}: {status, progress, result, attemptsMade, data, ...}.
 
-    The fields describe the answer in the OpenAPI schema; ``to_representation`` makes it.
+    Described in the schema by ``job_status_schema()``: fields named ``data`` and ``error``
+    cannot be declared on a serializer.
     """
-
-    jobId = serializers.UUIDField(read_only=True)
-    status = serializers.CharField(read_only=True, help_text=_STATUSES)
-    progress = serializers.IntegerField(read_only=True, min_value=0, max_value=100)
-    result = serializers.JSONField(read_only=True, allow_null=True)
-    attemptsMade = serializers.IntegerField(read_only=True)
-    maxAttempts = serializers.IntegerField(read_only=True)
-    data = serializers.JSONField(read_only=True)
-    paymentId = serializers.CharField(read_only=True)
-    source = serializers.CharField(read_only=True, help_text=_SOURCES)
-    errorCode = serializers.CharField(read_only=True, allow_null=True)
-    error = serializers.CharField(read_only=True, allow_null=True)
-    createdAt = serializers.DateTimeField(read_only=True)
-    startedAt = serializers.DateTimeField(read_only=True, allow_null=True)
-    finishedAt = serializers.DateTimeField(read_only=True, allow_null=True)
-    nextAttemptAt = serializers.DateTimeField(read_only=True, allow_null=True)
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return {
@@ -57,6 +43,30 @@ class JobStatusSerializer(serializers.Serializer):
             "finishedAt": job.finished_at.isoformat() if job.finished_at else None,
             "nextAttemptAt": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
         }
+
+
+def job_status_schema() -> Any:
+    """The OpenAPI description of ``JobStatusSerializer``'s answer."""
+    return inline_serializer(
+        "JobStatus",
+        fields={
+            "jobId": serializers.UUIDField(),
+            "status": serializers.CharField(help_text=_STATUSES),
+            "progress": serializers.IntegerField(min_value=0, max_value=100),
+            "result": serializers.JSONField(allow_null=True),
+            "attemptsMade": serializers.IntegerField(),
+            "maxAttempts": serializers.IntegerField(),
+            "data": serializers.JSONField(help_text="The job's input."),
+            "paymentId": serializers.CharField(),
+            "source": serializers.CharField(help_text=_SOURCES),
+            "errorCode": serializers.CharField(allow_null=True),
+            "error": serializers.CharField(allow_null=True),
+            "createdAt": serializers.DateTimeField(),
+            "startedAt": serializers.DateTimeField(allow_null=True),
+            "finishedAt": serializers.DateTimeField(allow_null=True),
+            "nextAttemptAt": serializers.DateTimeField(allow_null=True),
+        },
+    )
 
 
 class JobSummarySerializer(serializers.Serializer):

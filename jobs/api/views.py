@@ -6,17 +6,25 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import error_response, success_response
+from config.api import ApiErrorSerializer, error_response, success_response
+from config.filters import IdFilter
 from jobs import selectors, services
-from jobs.api.serializers import JobStatsSerializer, JobStatusSerializer, JobSummarySerializer
+from jobs.api.serializers import (
+    JobStatsSerializer,
+    JobStatusSerializer,
+    JobSummarySerializer,
+    job_status_schema,
+)
 from jobs.models import Job
+from subscriptions.models import Subscription
 from subscriptions.selectors import subscription_list
 
 
@@ -32,10 +40,23 @@ def _uuid_or_none(value: Any) -> uuid.UUID | None:
         return None
 
 
+class JobFilter(filters.FilterSet):
+    status = filters.ChoiceFilter(choices=Job.Status.choices)
+    # A plain number: another user's subscription id answers like a missing one (empty).
+    subscription = IdFilter(field_name="subscription_id")
+
+    class Meta:
+        model = Job
+        fields = ("status", "subscription")
+
+
 class JobViewSet(viewsets.GenericViewSet):
     lookup_value_regex = "[^/]+"
+    filterset_class = JobFilter
 
     def get_queryset(self) -> QuerySet[Job]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
+            return Job.objects.none()
         return selectors.job_list(user=self.request.user)
 
     def _get_job(self, pk: Any) -> Job | None:
@@ -44,33 +65,14 @@ class JobViewSet(viewsets.GenericViewSet):
             return None
         return self.get_queryset().filter(pk=job_id).first()
 
-    @extend_schema(
-        operation_id="jobs_list",
-        parameters=[
-            OpenApiParameter("status", OpenApiTypes.STR, enum=Job.Status.values),
-            OpenApiParameter("subscription", OpenApiTypes.INT),
-        ],
-        responses={200: JobSummarySerializer(many=True)},
-    )
+    @extend_schema(operation_id="jobs_list", responses={200: JobSummarySerializer(many=True)})
     def list(self, request: Request) -> Response:
         """Jobs, newest first, filtered by status and subscription, paginated."""
-        queryset = self.get_queryset()
-        wanted_status = request.query_params.get("status")
-        if wanted_status:
-            if wanted_status not in Job.Status.values:
-                allowed = ", ".join(Job.Status.values)
-                return error_response(f"Unknown status {wanted_status!r}; use one of {allowed}.")
-            queryset = queryset.filter(status=wanted_status)
-        subscription = request.query_params.get("subscription")
-        if subscription:
-            if not subscription.isdigit():
-                return error_response("subscription must be a subscription id (an integer).")
-            queryset = queryset.filter(subscription_id=int(subscription))
-        page = self.paginate_queryset(queryset)
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         rows = JobSummarySerializer(page, many=True).data
         return self.get_paginated_response(rows)
 
-    @extend_schema(responses={200: _success("JobStatusResponse", JobStatusSerializer())})
+    @extend_schema(responses={200: _success("JobStatusResponse", job_status_schema())})
     def retrieve(self, request: Request, pk: Any = None) -> Response:
         """Status of one job, in the baseline's shape."""
         job = self._get_job(pk)
@@ -106,16 +108,51 @@ class JobViewSet(viewsets.GenericViewSet):
             return error_response("Job not found", status.HTTP_404_NOT_FOUND)
         # Staff retrying another user's job need the admin's permission to change jobs.
         self.check_object_permissions(request, job)
-        try:
-            new_job = services.job_retry(job=job)
-        except services.JobNotRetryable as exc:
-            return error_response(str(exc), status.HTTP_409_CONFLICT)
-        except services.JobAlreadyOpen as exc:
-            return error_response(str(exc), status.HTTP_409_CONFLICT)
-        return Response(
-            {
-                "success": True,
-                "message": "Payment job queued successfully",
-                "data": {"jobId": str(new_job.pk), "subscriptionId": str(job.subscription_id)},
-            }
-        )
+        return _queued(services.job_retry(job=job))
+
+
+def _queued(job: Job) -> Response:
+    """The baseline's answer to a queued payment job."""
+    return Response(
+        {
+            "success": True,
+            "message": "Payment job queued successfully",
+            "data": {"jobId": str(job.pk), "subscriptionId": str(job.subscription_id)},
+        }
+    )
+
+
+TriggerResponse = inline_serializer(
+    "TriggerPaymentResponse",
+    fields={
+        "success": serializers.BooleanField(),
+        "message": serializers.CharField(),
+        "data": inline_serializer(
+            "TriggerPaymentData",
+            fields={"jobId": serializers.CharField(), "subscriptionId": serializers.CharField()},
+        ),
+    },
+)
+
+
+class SubscriptionTriggerViewSet(viewsets.GenericViewSet):
+    """POST /api/subscriptions/{id}/trigger-payment: creating a job is the jobs app's action."""
+
+    def get_queryset(self) -> QuerySet[Subscription]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
+            return Subscription.objects.none()
+        return subscription_list(user=self.request.user)
+
+    @extend_schema(
+        operation_id="subscriptions_trigger_payment_create",
+        request=None,
+        responses={
+            200: TriggerResponse,
+            400: OpenApiResponse(ApiErrorSerializer, description="Auto-pay off or not active"),
+            409: OpenApiResponse(ApiErrorSerializer, description="Period in flight or paid"),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="trigger-payment")
+    def trigger_payment(self, request: Request, pk: Any = None) -> Response:
+        """Queue a payment job for the subscription's current due period."""
+        return _queued(services.payment_trigger(subscription=self.get_object()))

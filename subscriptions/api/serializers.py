@@ -12,9 +12,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from autopay.models import PayerWallet
 from subscriptions import validators
-from subscriptions.models import Payment, Subscription
+from subscriptions.models import PayerWallet, Payment, Subscription
 
 
 def _run(validator: Any, value: Any, **kwargs: Any) -> Any:
@@ -249,3 +248,17 @@ class PaymentOutputSerializer(serializers.ModelSerializer):
 
     def get_amount_atomic(self, payment: Payment) -> str:
         return str(payment.amount_atomic)
+
+
+class WalletInputSerializer(serializers.Serializer):
+    label = serializers.CharField(  # type: ignore[assignment]  # DRF pops declared fields
+        max_length=100, required=False, allow_blank=True, default=""
+    )
+
+
+class WalletOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PayerWallet
+        # The key (even encrypted) is never part of any answer.
+        fields = ("id", "label", "address", "created_at")
+        read_only_fields = fields

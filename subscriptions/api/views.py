@@ -6,33 +6,26 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 
-from config.api import error_response
+from config.filters import IdFilter
+from config.limits import WalletCreateRateThrottle
 from subscriptions import selectors, services
 from subscriptions.api.serializers import (
     PaymentOutputSerializer,
     SubscriptionInputSerializer,
     SubscriptionOutputSerializer,
     SubscriptionUpdateSerializer,
+    WalletInputSerializer,
+    WalletOutputSerializer,
 )
-from subscriptions.models import Payment, Subscription
+from subscriptions.models import PayerWallet, Payment, Subscription
 
-TriggerResponse = inline_serializer(
-    "TriggerPaymentResponse",
-    fields={
-        "success": serializers.BooleanField(),
-        "message": serializers.CharField(),
-        "data": inline_serializer(
-            "TriggerPaymentData",
-            fields={"jobId": serializers.CharField(), "subscriptionId": serializers.CharField()},
-        ),
-    },
-)
 ErrorResponse = inline_serializer(
     "ErrorResponse",
     fields={"success": serializers.BooleanField(), "error": serializers.CharField()},
@@ -88,12 +81,9 @@ class SubscriptionViewSet(
             },
         )
         serializer.is_valid(raise_exception=True)
-        try:
-            subscription = services.subscription_update(
-                subscription=subscription, **serializer.validated_data
-            )
-        except services.SubscriptionStateError as exc:
-            return error_response(str(exc))
+        subscription = services.subscription_update(
+            subscription=subscription, **serializer.validated_data
+        )
         return self._answer(subscription)
 
     @extend_schema(
@@ -103,12 +93,7 @@ class SubscriptionViewSet(
         return self.partial_update(request, pk)
 
     def _transition(self, service: Any) -> Response:
-        subscription = self.get_object()
-        try:
-            subscription = service(subscription=subscription)
-        except services.SubscriptionStateError as exc:
-            return error_response(str(exc))
-        return self._answer(subscription)
+        return self._answer(service(subscription=self.get_object()))
 
     @extend_schema(request=None, responses={200: SubscriptionOutputSerializer, 400: ErrorResponse})
     @action(detail=True, methods=["post"])
@@ -125,38 +110,11 @@ class SubscriptionViewSet(
     def resume(self, request: Request, pk: Any = None) -> Response:
         return self._transition(services.subscription_resume)
 
-    @extend_schema(
-        request=None,
-        responses={
-            200: TriggerResponse,
-            400: OpenApiResponse(ErrorResponse, description="Auto-pay off or not active"),
-            409: OpenApiResponse(ErrorResponse, description="Period in flight or paid"),
-        },
-    )
-    @action(detail=True, methods=["post"], url_path="trigger-payment")
-    def trigger_payment(self, request: Request, pk: Any = None) -> Response:
-        """Queue a payment job for the subscription's current due period."""
-        subscription = self.get_object()
-        try:
-            job = services.payment_trigger(subscription=subscription)
-        except services.SubscriptionStateError as exc:
-            return error_response(str(exc))
-        except services.PaymentConflict as exc:
-            return error_response(str(exc), status.HTTP_409_CONFLICT)
-        return Response(
-            {
-                "success": True,
-                "message": "Payment job queued successfully",
-                "data": {"jobId": str(job.pk), "subscriptionId": str(subscription.pk)},
-            },
-            status=status.HTTP_200_OK,
-        )
-
 
 class PaymentFilter(filters.FilterSet):
     # A plain number, not a model choice: a choice filter validates the id against every
     # subscription, so another user's id (200) and a missing one (400) told them apart.
-    subscription = filters.NumberFilter(field_name="subscription_id")
+    subscription = IdFilter(field_name="subscription_id")
 
     class Meta:
         model = Payment
@@ -171,3 +129,29 @@ class PaymentViewSet(viewsets.ReadOnlyModelViewSet):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
             return Payment.objects.none()
         return selectors.payment_list(user=self.request.user)
+
+
+class WalletViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Payer wallets: the server generates the key, keeps it encrypted, answers the address."""
+
+    serializer_class = WalletOutputSerializer
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        # Each wallet is a new server-held key: creation has a tight limit of its own.
+        throttles = list(super().get_throttles())
+        if self.action == "create":
+            throttles.append(WalletCreateRateThrottle())
+        return throttles
+
+    def get_queryset(self) -> QuerySet[PayerWallet]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
+            return PayerWallet.objects.none()
+        return selectors.wallet_list(user=self.request.user)
+
+    @extend_schema(request=WalletInputSerializer, responses={201: WalletOutputSerializer})
+    def create(self, request: Request) -> Response:
+        """Create a dedicated auto-pay wallet; fund its address with the token to pay from it."""
+        serializer = WalletInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        wallet = services.wallet_create(owner=request.user, **serializer.validated_data)
+        return Response(WalletOutputSerializer(wallet).data, status=status.HTTP_201_CREATED)

@@ -18,11 +18,10 @@ from django.test import Client
 
 from autopay import engine
 from autopay.chain.client import token_balance
-from autopay.custody import decrypt_private_key
-from autopay.models import PayerWallet
 from jobs.models import Job
-from subscriptions import services
-from subscriptions.models import Payment, Subscription
+from jobs.services import payment_trigger
+from subscriptions.custody import decrypt_private_key
+from subscriptions.models import PayerWallet, Payment, Subscription
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -88,7 +87,7 @@ def test_a_configuration_error_makes_the_job_wait_then_pay_once_fixed(
     payer_before = token_balance(subscription.token_address, subscription.payer_address)
     break_configuration(settings)
     relayer._relayers.clear()
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = _process(job)
 

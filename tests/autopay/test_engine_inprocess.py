@@ -12,8 +12,10 @@ import pytest
 
 from autopay import engine
 from autopay.chain.client import token_balance
+from autopay.signers import signer_for_payment
 from jobs import services as job_services
 from jobs.models import Job
+from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
@@ -91,10 +93,21 @@ def _relayer_nonces(w3: Any, redis_client: Any) -> tuple[int, int, bytes | None]
 
 
 class _NoHooks:
-    """Rail hooks that record nothing: the rail paying outside any job, as a lost attempt."""
+    """Rail hooks that record nothing: the rail paying outside any job, as a lost attempt
+    (signing with the payment's own wallet, as the engine would)."""
+
+    def __init__(self, payment: Payment) -> None:
+        self.payment = payment
 
     def prepared(self, **kwargs: Any) -> None: ...
-    def progress(self, percent: int) -> None: ...
+    def sign(self, authorization: Any) -> str:
+        return signer_for_payment(
+            wallet_id=self.payment.wallet_id,
+            owner_id=self.payment.subscription.owner_id,
+            payer_address=self.payment.payer_address,
+        ).sign(authorization)
+
+    def progress(self, step: int) -> None: ...
     def signed_transaction(self, tx_hash: str) -> None: ...
     def unsent_transaction(self, tx_hash: str) -> None: ...
 
@@ -104,7 +117,7 @@ def test_happy_path_moves_exact_amount_and_records(
 ) -> None:
     subscription = paying_subscription(amount="12.5")
     payer_before = token_balance(token_address, subscription.payer_address)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -117,6 +130,7 @@ def test_happy_path_moves_exact_amount_and_records(
     assert _steps(progress_reported) == [10, 30, 50, 80, 100]
     assert job.progress == 100
     assert job.attempts_made == 1
+    assert job.result is not None
     assert job.result["success"] is True
     assert job.result["amount"] == "12.5"
     assert job.result["transactionHash"] == payment.transaction_hash
@@ -134,7 +148,7 @@ def test_insufficient_balance_fails_at_once(
     chain_calls: dict[str, int],
 ) -> None:
     subscription = paying_subscription(amount="50", balance_atomic=10 * 10**6)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -156,7 +170,7 @@ def test_insufficient_balance_fails_at_once(
 def test_without_a_rail_the_job_fails_honestly(paying_subscription: Any, settings: Any) -> None:
     settings.AUTOPAY_PAYMENT_RAIL = "none"
     subscription = paying_subscription()
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -174,7 +188,7 @@ def test_subscription_canceled_after_queueing_fails_without_charging(
     chain_calls: dict[str, int],
 ) -> None:
     subscription = paying_subscription(amount="2")
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     services.subscription_cancel(subscription=subscription)
 
     engine.process_job(job_id=str(job.pk), worker_id="test-worker")
@@ -196,7 +210,7 @@ def test_a_wallet_whose_key_does_not_sign_for_the_payer_fails_with_invalid_signa
     from eth_account import Account
 
     from autopay.chain.contracts import mint
-    from autopay.custody import encrypt_private_key
+    from subscriptions.custody import encrypt_private_key
     from tests.factories import PayerWalletFactory
 
     # The stored key belongs to another account than the wallet's address (a corrupt record).
@@ -207,7 +221,7 @@ def test_a_wallet_whose_key_does_not_sign_for_the_payer_fails_with_invalid_signa
     subscription = SubscriptionFactory.create(
         owner=user, wallet=wallet, payer_address=wallet.address, token_address=token_address
     )
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -232,17 +246,20 @@ def test_a_period_already_settled_on_chain_is_recorded_not_paid_again(
     from autopay.rails.x402_exact import X402ExactRail
 
     subscription = paying_subscription(amount="3")
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     payment = job.payment
     rail = X402ExactRail.from_settings()
 
-    first = rail.pay(payment, _NoHooks())  # settles outside the job, as a lost attempt would
+    first = rail.pay(
+        engine.payment_intent(payment), _NoHooks(payment)
+    )  # settles outside the job, as a lost attempt would
     relayer_before = _relayer_nonces(w3, clean_redis)
     chain_calls.update(sign=0, verify=0, settle=0, send=0)
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
     assert outcome.status == "completed"
     job.refresh_from_db()
+    assert job.result is not None
     assert job.result["transactionHash"] == first.transaction_hash
     assert job.result["reconciled"] is True
     assert chain_calls == {"sign": 0, "verify": 0, "settle": 0, "send": 0}
@@ -267,9 +284,11 @@ def test_reconcile_completes_a_submitted_payment_the_chain_settled(
     from jobs import services as job_services
 
     subscription = paying_subscription(amount="1")
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
-    settled = X402ExactRail.from_settings().pay(job.payment, _NoHooks())
+    settled = X402ExactRail.from_settings().pay(
+        engine.payment_intent(job.payment), _NoHooks(job.payment)
+    )
     # The worker died after broadcasting; its job failed for good (no job in flight).
     job_services.job_fail(job=job, worker_id=None, code="worker_lost", message="lost")
     old = timezone.now() - timedelta(minutes=10)
@@ -296,7 +315,7 @@ def test_reconcile_detects_a_transaction_that_disappeared(paying_subscription: A
     from jobs import services as job_services
 
     subscription = paying_subscription(amount="1")
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     job_services.job_fail(job=job, worker_id=None, code="worker_lost", message="lost")
     Payment.objects.filter(pk=job.payment_id).update(
         status=Payment.Status.SUBMITTED,
@@ -325,7 +344,7 @@ def test_a_payer_nobody_can_sign_for_stops_after_validation(
 ) -> None:
     # No wallet holds the payer's key: validated, then nothing can be signed.
     subscription = SubscriptionFactory.create(owner=user, token_address=token_address)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -352,7 +371,7 @@ def test_a_broadcast_the_node_refuses_stops_at_the_submit_step(
     subscription = paying_subscription(amount="1")
     engine_settings.RELAYER_PRIVATE_KEY = "0x" + bytes(Account.create().key).hex()
     relayer_module._relayers.clear()
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -380,7 +399,7 @@ def test_a_settlement_not_yet_mined_stops_at_the_submit_step_then_is_reconciled(
     engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 0.5
     engine_settings.AUTOPAY_RETRY_BACKOFF_SECONDS = 0
     subscription = paying_subscription(amount="1")
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     w3.provider.make_request("evm_setAutomine", [False])
     try:

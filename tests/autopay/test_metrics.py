@@ -177,13 +177,8 @@ def test_queue_length_counts_every_priority_list(client: Client, clean_redis: re
 def test_redis_failure_skips_redis_metrics_but_serves_the_rest(
     client: Client, rows: dict[str, Any], settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import autopay.redis_client
-
-    unreachable = redis.Redis.from_url(
-        UNREACHABLE_REDIS, socket_timeout=0.5, socket_connect_timeout=0.5
-    )
-    monkeypatch.setattr(autopay.redis_client, "get_redis", lambda **_: unreachable)
-    settings.CELERY_BROKER_URL = settings.REDIS_URL
+    # A real Redis address that nothing answers on, for the metrics and the broker alike.
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = UNREACHABLE_REDIS
 
     samples = scrape(client)
 

@@ -11,8 +11,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from autopay.scheduler import scan_due
+from autopay.scan import scan_due
 from jobs.models import Job
+from jobs.services import payment_trigger
 from subscriptions import periods, services
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
@@ -74,7 +75,7 @@ def test_manual_trigger_waives_like_the_scan(user: Any, settings: Any) -> None:
         interval_unit=Subscription.IntervalUnit.DAY,
     )
 
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     # Periods 0..4 are due; 0..2 are waived, 3 is charged now (oldest of the two kept).
     assert job.payment.period_index == 3

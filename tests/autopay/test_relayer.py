@@ -15,7 +15,7 @@ from web3 import Web3
 from autopay import engine
 from autopay.chain.relayer import Relayer, get_relayer
 from jobs.models import Job
-from subscriptions import services
+from jobs.services import payment_trigger
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
@@ -32,7 +32,7 @@ def test_a_nonce_gap_left_by_dropped_transactions_heals(
     # ahead of anything the node knows.
     clean_redis.set(relayer._nonce_key, pending + 3)
     subscription = paying_subscription(amount="1", balance_atomic=10 * 10**6)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -49,7 +49,7 @@ def test_relayer_lock_contention_is_transient_not_a_failure(
     relayer_module._relayers.clear()
     relayer = get_relayer()
     subscription = paying_subscription(amount="1", balance_atomic=10 * 10**6)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     held = clean_redis.lock(relayer._lock_key, timeout=30)
     assert held.acquire(blocking=False)
     try:

@@ -21,7 +21,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from autopay import engine
 from autopay.chain.client import token_balance
 from jobs.models import Job
-from subscriptions import services
+from jobs.services import payment_trigger
 from subscriptions.models import Payment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
@@ -86,7 +86,7 @@ def test_payment_settles_through_a_remote_facilitator(
 ) -> None:
     _, state = remote_facilitator
     subscription = paying_subscription(amount="2.5", balance_atomic=20 * 10**6)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
@@ -95,6 +95,7 @@ def test_payment_settles_through_a_remote_facilitator(
     payment = Payment.objects.get(pk=job.payment_id)
     assert payment.status == Payment.Status.COMPLETED
     assert payment.block_number is not None
+    assert job.result is not None
     assert job.result["transactionHash"] == payment.transaction_hash
     assert [path for path, _ in state.requests] == ["/verify", "/settle"]
     assert set(state.auth_headers) == {"Bearer facilitator-test-token"}
@@ -112,7 +113,7 @@ def test_facilitator_5xx_is_transient(
     _, state = remote_facilitator
     state.fail_with = 503
     subscription = paying_subscription(amount="1", balance_atomic=20 * 10**6)
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 

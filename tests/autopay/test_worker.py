@@ -17,10 +17,10 @@ from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
 from autopay.chain.anvil import ANVIL_DEV_KEYS, AnvilProcess, free_port
 from autopay.chain.client import token_balance
 from autopay.chain.contracts import deploy_token, mint
-from autopay.queue import publish_jobs
 from jobs import services as job_services
 from jobs.models import Job
-from subscriptions import services
+from jobs.queue import publish_jobs
+from jobs.services import payment_trigger
 from subscriptions.models import Payment, Subscription
 from tests.conftest import wait_for
 from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
@@ -67,11 +67,12 @@ def test_worker_pays_with_exact_balance_deltas(
     subscription = _subscription(wallet, token_address, amount="7.25")
     start_worker()
 
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     wait_for(lambda: _job_done(job), timeout=60)
 
     assert job.status == Job.Status.COMPLETED, job.error
     assert job.progress == 100 and job.attempts_made == 1
+    assert job.result is not None
     assert job.result["amount"] == "7.25"
     assert token_balance(token_address, wallet.address) == 100 * 10**6 - 7_250_000
     assert token_balance(token_address, subscription.recipient_address) == 7_250_000
@@ -85,7 +86,7 @@ def test_insufficient_balance_fails_at_once_with_its_code(
     subscription = _subscription(wallet, token_address, amount="5")
     start_worker()
 
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     wait_for(lambda: _job_done(job), timeout=60)
 
     assert job.status == Job.Status.FAILED
@@ -107,7 +108,7 @@ def test_same_message_delivered_twice_charges_once(
     subscription = _subscription(wallet, token_address, amount="3")
     start_worker(concurrency=2)
 
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     publish_jobs([job.pk, job.pk, job.pk])  # redelivery on top of the trigger's own message
     wait_for(lambda: _job_done(job), timeout=60)
     time.sleep(1.0)  # let the duplicates land
@@ -130,7 +131,7 @@ def test_two_workers_racing_for_one_job_charge_once(
 
     jobs = []
     for subscription in subscriptions:
-        job = services.payment_trigger(subscription=subscription)
+        job = payment_trigger(subscription=subscription)
         publish_jobs([job.pk])  # a second message for the same job, for the other worker
         jobs.append(job)
     for job in jobs:
@@ -184,7 +185,7 @@ def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
 
     node.stop()  # the chain goes down (its state is saved)
     started = time.monotonic()
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     wait_for(lambda: _job_done(job), timeout=90)
     elapsed = time.monotonic() - started
 
@@ -220,7 +221,7 @@ def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
         # No block is mined until the worker is dead: it broadcasts, then waits for its receipt
         # for as long as the test needs, and nothing it does after sending can land first.
         w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
-        job = services.payment_trigger(subscription=subscription)
+        job = payment_trigger(subscription=subscription)
         payment = wait_for(
             lambda: Payment.objects.filter(
                 pk=job.payment_id, status=Payment.Status.SUBMITTED
@@ -275,7 +276,7 @@ def test_four_workers_settle_200_payments_without_nonce_failures(
     for _ in range(4):
         start_worker()
 
-    from autopay.scheduler import scan_due
+    from autopay.scan import scan_due
 
     summary = scan_due()
     assert summary.jobs_created == 200
@@ -306,8 +307,8 @@ def test_no_private_key_in_api_admin_or_logs(
     deployer: Any,
     relayer_key: str,
 ) -> None:
-    from autopay.custody import decrypt_private_key
-    from autopay.models import PayerWallet
+    from subscriptions.custody import decrypt_private_key
+    from subscriptions.models import PayerWallet
 
     created = api.post("/api/wallets/", {"label": "main"}, format="json")
     assert created.status_code == 201
@@ -344,8 +345,8 @@ def test_no_private_key_in_api_admin_or_logs(
         api.get(f"/api/wallets/{wallet.pk}/").content,
         api.get(f"/api/jobs/{job_id}").content,
         api.get("/api/payments/").content,
-        client.get("/admin/autopay/payerwallet/").content,
-        client.get(f"/admin/autopay/payerwallet/{wallet.pk}/change/").content,
+        client.get("/admin/subscriptions/payerwallet/").content,
+        client.get(f"/admin/subscriptions/payerwallet/{wallet.pk}/change/").content,
         client.get("/admin/jobs/job/").content,
         client.get("/admin/subscriptions/payment/").content,
     ]

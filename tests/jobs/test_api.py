@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from jobs import services as job_services
 from jobs.models import Job
+from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
@@ -37,7 +38,7 @@ def assert_error(response: Any, http_status: int) -> dict[str, Any]:
 def triggered(owner: Any, **fields: Any) -> Job:
     fields.setdefault("amount", Decimal("10.5"))
     fields.setdefault("service_name", "Streaming Plus")
-    return services.payment_trigger(subscription=SubscriptionFactory.create(owner=owner, **fields))
+    return payment_trigger(subscription=SubscriptionFactory.create(owner=owner, **fields))
 
 
 def finish(job: Job, *, status: str, result: dict[str, Any] | None = None) -> Job:

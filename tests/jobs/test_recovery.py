@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from jobs import services
 from jobs.models import Job
-from subscriptions import services as subscription_services
+from jobs.services import payment_trigger
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
 
@@ -26,7 +26,7 @@ def _queued(redis_client: Any) -> int:
 @pytest.fixture
 def job(clean_redis: Any) -> Job:
     subscription = SubscriptionFactory.create()
-    created = subscription_services.payment_trigger(subscription=subscription)
+    created = payment_trigger(subscription=subscription)
     clean_redis.delete(settings.CELERY_TASK_DEFAULT_QUEUE)  # the trigger's own message
     return created
 
@@ -69,7 +69,7 @@ def test_a_waiting_job_whose_message_was_lost_is_republished(job: Job, clean_red
 
 
 def test_a_backlog_is_not_taken_for_lost_messages(job: Job, clean_redis: Any) -> None:
-    from autopay.queue import publish_jobs
+    from jobs.queue import publish_jobs
 
     publish_jobs([job.pk])  # its message is still queued behind others
     old = timezone.now() - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS + 5)

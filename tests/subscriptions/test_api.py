@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
 from jobs.models import Job
+from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
@@ -639,7 +640,7 @@ def test_trigger_when_the_current_period_is_paid_is_a_conflict(api: APIClient, u
 
 
 def test_trigger_reuses_a_failed_payment_of_the_period(api: APIClient, mine: Subscription) -> None:
-    first = services.payment_trigger(subscription=mine)
+    first = payment_trigger(subscription=mine)
     Job.objects.filter(pk=first.pk).update(status=Job.Status.FAILED, error_code="rpc_timeout")
     Payment.objects.filter(pk=first.payment_id).update(
         status=Payment.Status.FAILED, error_code="rpc_timeout", error_message="timed out"

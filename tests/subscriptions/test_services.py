@@ -14,7 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from jobs.models import Job
-from jobs.services import JobAlreadyOpen, job_create
+from jobs.services import JobAlreadyOpen, job_create, payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
@@ -56,7 +56,7 @@ def test_two_concurrent_triggers_create_exactly_one_payment_and_one_job(
     subscription = SubscriptionFactory.create()
 
     def trigger() -> Job:
-        return services.payment_trigger(subscription=Subscription.objects.get(pk=subscription.pk))
+        return payment_trigger(subscription=Subscription.objects.get(pk=subscription.pk))
 
     outcomes = run_at_once(2, trigger)
 
@@ -79,7 +79,7 @@ def test_many_concurrent_triggers_still_create_one_job(transactional_db: Any) ->
     subscription = SubscriptionFactory.create()
 
     def trigger() -> Job:
-        return services.payment_trigger(subscription=Subscription.objects.get(pk=subscription.pk))
+        return payment_trigger(subscription=Subscription.objects.get(pk=subscription.pk))
 
     outcomes = run_at_once(6, trigger)
 
@@ -195,7 +195,7 @@ def test_trigger_creates_the_payment_of_the_earliest_due_period_and_advances_the
     anchor = timezone.now() - timedelta(days=40)
     subscription = SubscriptionFactory.create(billing_anchor=anchor, interval_unit="week")
 
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
 
     payment = job.payment
     assert payment.period_index == 0
@@ -219,7 +219,7 @@ def test_trigger_refuses_with_state_errors_and_writes_nothing() -> None:
     ):
         subscription = SubscriptionFactory.create(**fields)
         with pytest.raises(services.SubscriptionStateError):
-            services.payment_trigger(subscription=subscription)
+            payment_trigger(subscription=subscription)
     assert Payment.objects.count() == 0
     assert Job.objects.count() == 0
 
@@ -227,14 +227,14 @@ def test_trigger_refuses_with_state_errors_and_writes_nothing() -> None:
 @pytest.mark.django_db
 def test_trigger_refuses_a_completed_period() -> None:
     subscription = SubscriptionFactory.create(billing_anchor=timezone.now() - timedelta(days=1))
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     Job.objects.filter(pk=job.pk).update(status=Job.Status.COMPLETED, progress=100)
     services.payment_record_success(
         payment=job.payment, transaction_hash="0x" + "cd" * 32, block_number=7
     )
 
     with pytest.raises(services.PaymentConflict):
-        services.payment_trigger(subscription=Subscription.objects.get(pk=subscription.pk))
+        payment_trigger(subscription=Subscription.objects.get(pk=subscription.pk))
 
     assert Payment.objects.count() == 1
     assert Job.objects.count() == 1
@@ -277,7 +277,7 @@ def test_trigger_rechecks_the_state_under_its_lock() -> None:
     services.subscription_cancel(subscription=Subscription.objects.get(pk=subscription.pk))
 
     with pytest.raises(services.SubscriptionStateError):
-        services.payment_trigger(subscription=stale)
+        payment_trigger(subscription=stale)
 
     assert Job.objects.count() == 0
 

@@ -18,10 +18,10 @@ from autopay.api.tokens import install_token, issue_token
 from autopay.chain.client import get_web3, token_balance
 from autopay.chain.contracts import mint
 from autopay.management.commands._chain import minter_key
-from autopay.models import PayerWallet
-from autopay.wallets import wallet_create
+from jobs.services import payment_trigger
 from subscriptions import services
-from subscriptions.models import Subscription
+from subscriptions.models import PayerWallet, Subscription
+from subscriptions.services import wallet_create
 
 DEMO_SUBSCRIPTIONS = [
     # service, amount, unit, count, wallet label
@@ -101,7 +101,7 @@ class Command(BaseCommand):
             if subscription.token_address != settings.TOKEN_ADDRESS:
                 continue  # made against an earlier chain; left as history
             try:
-                job = services.payment_trigger(subscription=subscription)
+                job = payment_trigger(subscription=subscription)
                 queued.append(str(job.pk))
             except (services.PaymentConflict, services.SubscriptionStateError):
                 pass

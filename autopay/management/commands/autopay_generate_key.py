@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from autopay.custody import generate_encryption_key
+from subscriptions.custody import generate_encryption_key
 
 
 class Command(BaseCommand):

@@ -16,8 +16,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from tqdm import tqdm
 
-from autopay.custody import KeyCustodyError, reencrypt_private_key
-from autopay.models import PayerWallet
+from subscriptions.custody import KeyCustodyError, reencrypt_private_key
+from subscriptions.models import PayerWallet
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from autopay.scheduler import scan_due
+from autopay.scan import scan_due
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from autopay.schedule import sync_periodic_tasks
+from autopay.beat import sync_periodic_tasks
 
 
 class Command(BaseCommand):

@@ -6,8 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jobs.services import payment_trigger
 from subscriptions.models import Subscription
-from subscriptions.services import PaymentConflict, SubscriptionStateError, payment_trigger
+from subscriptions.services import PaymentConflict, SubscriptionStateError
 
 
 class Command(BaseCommand):

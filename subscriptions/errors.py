@@ -109,3 +109,57 @@ class SettlementReverted(PermanentPaymentError):
     """The settlement transaction was mined but reverted."""
 
     code = "settlement_reverted"
+
+
+class AttemptTimeout(TransientPaymentError):
+    """The attempt ran past the task's soft time limit (slow chain or facilitator)."""
+
+    code = "attempt_timeout"
+
+
+class RedisUnavailable(TransientPaymentError):
+    """The relayer's bookkeeping (nonces, locks) in Redis could not be reached."""
+
+    code = "redis_unavailable"
+
+
+class InternalError(PermanentPaymentError):
+    """A bug or an unforeseen failure: failed loudly, never retried blindly."""
+
+    code = "internal_error"
+
+
+class UnsupportedNetwork(PermanentPaymentError):
+    """The payment is on a network this engine does not pay on."""
+
+    code = "unsupported_network"
+
+
+class AuthorizationCanceled(PermanentPaymentError):
+    """The payer canceled this period's authorization on chain (cancelAuthorization)."""
+
+    code = "authorization_canceled"
+
+
+class SettlementFailed(PermanentPaymentError):
+    """The settlement's simulation or transaction failed for a reason retrying cannot fix."""
+
+    code = "settlement_failed"
+
+
+class FacilitatorRejected(PermanentPaymentError):
+    """A remote facilitator refused the payment before settling it."""
+
+    code = "facilitator_rejected"
+
+
+class WorkerLost(PermanentPaymentError):
+    """The job's worker died too many times (killed or timed out); the period stays owed."""
+
+    code = "worker_lost"
+
+
+class SettlementLost(PermanentPaymentError):
+    """The payment's transaction left the chain (dropped) and its authorization is unused."""
+
+    code = "settlement_lost"

@@ -16,7 +16,7 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from autopay.schedule import periodic_specs, sync_periodic_tasks
+from autopay.beat import periodic_specs, sync_periodic_tasks
 
 SCAN = "autopay: scan due subscriptions"
 

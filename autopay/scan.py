@@ -30,13 +30,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from autopay.queue import publish_jobs
 from jobs.models import Job
+from jobs.queue import publish_jobs
 from jobs.services import job_data
 from subscriptions import periods
 from subscriptions.models import Payment, Subscription
@@ -413,8 +414,6 @@ def _binary_cursor() -> Iterator[Any]:
     that binds parameters on the server and moves parameters and results in binary: Django's
     default client-side binding spends more time formatting thousand-element arrays as text
     (and parsing timestamps back) than PostgreSQL spends on the batch."""
-    import psycopg
-
     connection.ensure_connection()
     raw: Any = psycopg.Cursor(connection.connection)
     raw.format = psycopg.pq.Format.BINARY

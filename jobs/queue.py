@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
+
+from config.celery import app
+from config.redis import get_redis
 
 logger = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps one list per priority step: the queue's own name for the
+# default priority, "<queue>\x06\x16<step>" for the others.
+_KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+_KOMBU_PRIORITY_STEPS = (3, 6, 9)
 
 PROCESS_TASK = "autopay.process_autopay_job"
 # Messages buffered per Redis round trip (one pipelined LPUSH batch).
@@ -25,15 +35,9 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
     straight to the queue (the anonymous exchange routes by queue name), so no exchange
     binding lookup or extra round trip is paid per message: the scan publishes 100k jobs.
     """
-    from config.celery import app
-
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     eta = None
     if countdown:
-        from datetime import timedelta
-
-        from django.utils import timezone
-
         eta = timezone.now() + timedelta(seconds=countdown)
     published = 0
     template: Any = None
@@ -87,3 +91,30 @@ def publish_jobs_on_commit(job_ids: Iterable[UUID | str]) -> None:
             )
 
     transaction.on_commit(_publish)
+
+
+def broker_is_redis() -> bool:
+    """Whether the broker is a Redis whose queue lists a plain client can measure (not a
+    sentinel:// or non-Redis broker)."""
+    scheme = str(settings.CELERY_BROKER_URL).split("://", 1)[0].lower()
+    return scheme in ("redis", "rediss", "unix")
+
+
+def broker_queue_length(*, timeout: float = 1.0) -> int | None:
+    """Messages waiting in the Celery queue on the broker, every priority step counted; None
+    when the broker is not a Redis or does not answer."""
+    if not broker_is_redis():
+        return None
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    names = [queue] + [
+        f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}" for step in _KOMBU_PRIORITY_STEPS
+    ]
+    try:
+        client = get_redis(timeout=timeout, url=settings.CELERY_BROKER_URL)
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.llen(name)
+            return sum(int(length) for length in pipe.execute())
+    except Exception:
+        logger.warning("broker queue length unavailable", exc_info=True)
+        return None

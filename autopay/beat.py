@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,6 @@ def sync_periodic_tasks(*, force: bool = False) -> list[str]:
     to the default queue of the moment (``CELERY_QUEUE``), so a renamed queue cannot strand
     the scan on a queue no worker reads.
     """
-    from django_celery_beat.models import PeriodicTask
-
     changed = []
     with transaction.atomic():
         for spec in periodic_specs():
@@ -81,8 +80,6 @@ def sync_periodic_tasks(*, force: bool = False) -> list[str]:
 def _interval_schedule(every_seconds: int) -> Any:
     """The interval row for ``every_seconds``; operators may have created duplicates in the
     admin (the table has no unique constraint), so take the oldest rather than fail."""
-    from django_celery_beat.models import IntervalSchedule
-
     existing = (
         IntervalSchedule.objects.filter(every=every_seconds, period=IntervalSchedule.SECONDS)
         .order_by("pk")

@@ -25,9 +25,9 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
-from autopay.scheduler import ScanSummary, scan_due
+from autopay.scan import ScanSummary, scan_due
 from jobs.models import Job
-from jobs.services import job_fail, job_snapshot
+from jobs.services import job_fail, job_snapshot, payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from tests.factories import SubscriptionFactory
@@ -437,7 +437,7 @@ def test_concurrent_scans_in_processes_create_each_period_once(user: Any) -> Non
     code = (
         "import json, time; "
         f"time.sleep(max(0.0, {start_at} - time.time())); "
-        "from autopay.scheduler import scan_due; "
+        "from autopay.scan import scan_due; "
         "print(json.dumps(scan_due(publish=False, batch_size=25).as_dict()))"
     )
     processes = [
@@ -479,7 +479,7 @@ def test_scan_racing_a_manual_trigger_creates_one_payment_and_one_job(
         def act(index: int, subscription: Subscription = subscription) -> str:
             if index == 0:
                 try:
-                    services.payment_trigger(subscription=subscription)
+                    payment_trigger(subscription=subscription)
                 except services.PaymentConflict:
                     return "conflict"
                 return "triggered"
@@ -536,7 +536,7 @@ def test_scan_meeting_a_trigger_that_holds_the_subscription_neither_waits_nor_de
 
     def act(index: int) -> Any:
         if index == 0:
-            return services.payment_trigger(subscription=subscription)
+            return payment_trigger(subscription=subscription)
         assert locked.wait(timeout=10)
         try:
             return scan_due(now=now, publish=False)
@@ -566,15 +566,17 @@ def test_scan_meeting_a_payment_that_already_exists_for_its_period_leaves_it_alo
     """The period's payment (and its job) exist while the subscription's cursor still points at
     that period: the scan's insert meets the unique (subscription, period_start) and must pass
     over it (ON CONFLICT DO NOTHING), not fail the batch nor add a payment or a job."""
-    from autopay import scheduler
+    from autopay import scan as scan_module
 
     if writer == "portable":
         # The statements the scan runs on other databases, here on PostgreSQL.
-        monkeypatch.setattr(scheduler, "_write_batch_postgresql", scheduler._write_batch_portable)
+        monkeypatch.setattr(
+            scan_module, "_write_batch_postgresql", scan_module._write_batch_portable
+        )
     now = timezone.now()
     subscription = SubscriptionFactory.create(owner=user, billing_anchor=now - timedelta(minutes=1))
     other = SubscriptionFactory.create(owner=user, billing_anchor=now - timedelta(minutes=1))
-    job = services.payment_trigger(subscription=subscription)
+    job = payment_trigger(subscription=subscription)
     Subscription.objects.filter(pk=subscription.pk).update(
         next_period_index=0, next_period_due_at=subscription.billing_anchor
     )
@@ -752,7 +754,7 @@ from datetime import timedelta
 from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from autopay.scheduler import scan_due
+from autopay.scan import scan_due
 from jobs.models import Job
 from subscriptions import services
 from subscriptions.models import Payment, Subscription

@@ -1,0 +1,36 @@
+"""Every API route in one place (the composition root: the only config module that imports the
+apps' views, as cookiecutter-django's config/api_router.py does)."""
+
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from autopay.api.tokens import LogoutView, TokenDetailView, TokenListCreateView
+from autopay.api.views import WalletBalanceView
+from config.api import OptionalSlashRouter
+from jobs.api.analytics import AnalyticsView
+from jobs.api.views import JobViewSet, SubscriptionTriggerViewSet
+from subscriptions.api.views import PaymentViewSet, SubscriptionViewSet, WalletViewSet
+
+router = OptionalSlashRouter()
+router.register("subscriptions", SubscriptionViewSet, basename="subscription")
+router.register("subscriptions", SubscriptionTriggerViewSet, basename="subscription-trigger")
+router.register("payments", PaymentViewSet, basename="payment")
+router.register("wallets", WalletViewSet, basename="wallet")
+router.register("jobs", JobViewSet, basename="job")
+
+urlpatterns = [
+    re_path(r"^auth/tokens/?$", TokenListCreateView.as_view(), name="auth-tokens"),
+    re_path(
+        r"^auth/tokens/(?P<prefix>[0-9A-Za-z]+)/?$",
+        TokenDetailView.as_view(),
+        name="auth-token-detail",
+    ),
+    # No trailing slash: "auth/logout/" is the browsable API's session logout.
+    path("auth/logout", LogoutView.as_view(), name="auth-logout"),
+    path("analytics", AnalyticsView.as_view(), name="analytics"),
+    re_path(
+        r"^wallets/(?P<pk>[0-9]+)/balance/?$", WalletBalanceView.as_view(), name="wallet-balance"
+    ),
+    *router.urls,
+]
