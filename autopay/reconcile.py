@@ -10,6 +10,8 @@ from django.utils import timezone
 
 from autopay.engine import payment_intent, settlement_result
 from autopay.rails import get_rail
+from autopay.rails.base import Settlement
+from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
 from subscriptions import services as subscription_services
@@ -22,11 +24,33 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
     """Complete payments the chain says are paid; reopen 'submitted' ones it never saw.
 
     Candidates: payments left 'submitted' or 'processing' with no job in flight, and failed
-    payments that carry an authorization nonce (the transfer may have landed after all).
+    payments that carry a transaction hash (the transfer may have landed after all).
     """
     rail = get_rail()
     if rail is None:
         return {"reconciled": 0}
+    reconciled = 0
+    for payment in _candidates(older_than_seconds=older_than_seconds, batch_size=batch_size):
+        try:
+            settlement = rail.reconcile(payment_intent(payment))
+        except errors.SettlementPending:
+            continue
+        except Exception as error:
+            # One bad payment must not stop the sweep for the others.
+            logger.warning(
+                "reconcile payment %s failed: %s", payment.pk, getattr(error, "code", type(error))
+            )
+            continue
+        if settlement is None:
+            _forget_dead_settlement(payment)
+            continue
+        _record_found_settlement(payment, settlement)
+        reconciled += 1
+        logger.info("reconciled payment %s: settled in %s", payment.pk, settlement.transaction_hash)
+    return {"reconciled": reconciled}
+
+
+def _candidates(*, older_than_seconds: int, batch_size: int) -> list[Payment]:
     now = timezone.now()
     cutoff = now - timedelta(seconds=older_than_seconds)
     open_jobs = Job.objects.filter(status__in=Job.OPEN_STATUSES).values("payment_id")
@@ -50,44 +74,33 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
         .exclude(pk__in=open_jobs)
         .order_by("updated_at")[: max(batch_size - len(uncertain), 0)]
     )
-    reconciled = 0
-    for payment in uncertain + failed_after_broadcast:
-        try:
-            settlement = rail.reconcile(payment_intent(payment))
-        except errors.SettlementPending:
-            continue
-        except Exception as error:
-            # One bad payment must not stop the sweep for the others.
-            logger.warning(
-                "reconcile payment %s failed: %s", payment.pk, getattr(error, "code", type(error))
-            )
-            continue
-        if settlement is None:
-            if payment.status in (Payment.Status.SUBMITTED, Payment.Status.PROCESSING):
-                # Never reached the chain and nobody is working on it: hand it back.
-                subscription_services.payment_record_failure(
-                    payment=payment,
-                    code=errors.SettlementLost.code,
-                    message="the settlement never reached the chain; it will be retried",
-                )
-            # The hash is dead: forget it, so the sweep does not look at it again.
-            Payment.objects.filter(pk=payment.pk, transaction_hash=payment.transaction_hash).update(
-                transaction_hash=""
-            )
-            continue
-        subscription_services.payment_record_success(
-            payment=payment,
-            transaction_hash=settlement.transaction_hash,
-            block_number=settlement.block_number,
+    return uncertain + failed_after_broadcast
+
+
+def _forget_dead_settlement(payment: Payment) -> None:
+    """The chain never saw this payment's settlement: hand it back, forget the dead hash."""
+    if payment.status in (Payment.Status.SUBMITTED, Payment.Status.PROCESSING):
+        # Never reached the chain and nobody is working on it: hand it back.
+        error = errors.SettlementLost("the settlement never reached the chain; it will be retried")
+        subscription_services.payment_record_failure(
+            payment=payment, code=error.code, message=error.message
         )
-        latest = payment.jobs.order_by("-created_at").first()
-        if latest is not None and latest.status == Job.Status.FAILED:
-            Job.objects.filter(pk=latest.pk, status=Job.Status.FAILED).update(
-                status=Job.Status.COMPLETED,
-                progress=100,
-                result=settlement_result(payment, settlement),
-                finished_at=timezone.now(),
-            )
-        reconciled += 1
-        logger.info("reconciled payment %s: settled in %s", payment.pk, settlement.transaction_hash)
-    return {"reconciled": reconciled}
+    # The hash is dead: forget it, so the sweep does not look at it again.
+    Payment.objects.filter(pk=payment.pk, transaction_hash=payment.transaction_hash).update(
+        transaction_hash=""
+    )
+
+
+def _record_found_settlement(payment: Payment, settlement: Settlement) -> None:
+    """The money moved: the payment is completed, and its last job too (without the error it
+    failed with)."""
+    subscription_services.payment_record_success(
+        payment=payment,
+        transaction_hash=settlement.transaction_hash,
+        block_number=settlement.block_number,
+    )
+    latest = payment.jobs.order_by("-created_at").first()
+    if latest is not None and latest.status == Job.Status.FAILED:
+        job_services.job_complete_reconciled(
+            job=latest, result=settlement_result(payment, settlement)
+        )

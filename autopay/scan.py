@@ -33,9 +33,12 @@ from typing import Any, NamedTuple
 import psycopg
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
+from autopay.dunning import dunning_schedule
+from config.sql import insert_lists
+from jobs.bulk import chunks, db_datetime, insert_jobs
 from jobs.models import Job
 from jobs.queue import publish_jobs
 from jobs.services import job_data
@@ -127,7 +130,7 @@ def scan_due(
         if publisher is not None:
             publisher.close()
 
-    dunning_job_ids = _schedule_dunning(now=now, batch_size=batch_size)
+    dunning_job_ids = dunning_schedule(now=now, batch_size=batch_size)
     summary.dunning_retries = len(dunning_job_ids)
     summary.jobs_created += len(dunning_job_ids)
     if publish and dunning_job_ids:
@@ -323,7 +326,48 @@ def _write_batch(
     return _write_batch_portable(new_payments, cursors, now=now)
 
 
-_POSTGRESQL_BATCH = """
+# The columns the scan sets; every other column of Payment and Job takes its default.
+def _payment_values(*, wanted: str, now: str) -> dict[str, str]:
+    return {
+        "subscription_id": f"{wanted}.subscription_id",
+        "period_index": f"{wanted}.period_index",
+        "period_start": f"{wanted}.period_start",
+        "period_end": f"{wanted}.period_end",
+        "amount": "s.amount",
+        "payer_address": "s.payer_address",
+        "wallet_id": "s.wallet_id",
+        "recipient_address": "s.recipient_address",
+        "token_address": "s.token_address",
+        "token_decimals": "s.token_decimals",
+        "network": "s.network",
+        "status": f"{wanted}.status",
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+_PAYMENT_COLUMNS, _PAYMENT_VALUES = insert_lists(
+    Payment, _payment_values(wanted="wanted", now="%(now)b")
+)
+# The portable path binds "now" positionally, once per timestamp column, after the rows.
+_, _PAYMENT_VALUES_PORTABLE = insert_lists(Payment, _payment_values(wanted="w", now="%s"))
+_JOB_COLUMNS, _JOB_VALUES = insert_lists(
+    Job,
+    {
+        "id": "gen_random_uuid()",
+        "subscription_id": "p.subscription_id",
+        "payment_id": "p.id",
+        "source": "%(source)b",
+        "max_attempts": "%(max_attempts)b",
+        "data": "wanted.data::jsonb || jsonb_build_object('paymentId', p.id::text)",
+        "created_at": "%(now)b",
+        "enqueued_at": "%(now)b",
+        "updated_at": "%(now)b",
+    },
+)
+
+# Column lists and expressions come from the models and this module, never from input.
+_POSTGRESQL_BATCH = f"""
 WITH wanted AS (
     SELECT * FROM unnest(
         %(subscription_ids)b::bigint[], %(indexes)b::integer[],
@@ -332,29 +376,16 @@ WITH wanted AS (
     ) AS wanted(subscription_id, period_index, period_start, period_end, data, status)
 ),
 new_payments AS (
-    INSERT INTO {payment_table} (
-        subscription_id, period_index, period_start, period_end, amount, payer_address,
-        wallet_id, recipient_address, token_address, token_decimals, network, status,
-        authorization_nonce, transaction_hash, error_code, error_message, created_at, updated_at
-    )
-    SELECT wanted.subscription_id, wanted.period_index, wanted.period_start, wanted.period_end,
-           s.amount, s.payer_address, s.wallet_id, s.recipient_address, s.token_address,
-           s.token_decimals, s.network, wanted.status, '', '', '', '', %(now)b, %(now)b
-    FROM wanted JOIN {subscription_table} AS s ON s.id = wanted.subscription_id
+    INSERT INTO {{payment_table}} ({_PAYMENT_COLUMNS})
+    SELECT {_PAYMENT_VALUES}
+    FROM wanted JOIN {{subscription_table}} AS s ON s.id = wanted.subscription_id
     ORDER BY wanted.subscription_id, wanted.period_index
     ON CONFLICT (subscription_id, period_start) DO NOTHING
     RETURNING id, subscription_id, period_start, status
 ),
 new_jobs AS (
-    INSERT INTO {job_table} (
-        id, subscription_id, payment_id, source, status, progress, attempts_made,
-        max_attempts, data, error_code, error, celery_task_id, lease_owner, recoveries,
-        created_at, enqueued_at, updated_at
-    )
-    SELECT gen_random_uuid(), p.subscription_id, p.id, %(source)b, 'waiting', 0, 0,
-           %(max_attempts)b,
-           wanted.data::jsonb || jsonb_build_object('paymentId', p.id::text),
-           '', '', '', '', 0, %(now)b, %(now)b, %(now)b
+    INSERT INTO {{job_table}} ({_JOB_COLUMNS})
+    SELECT {_JOB_VALUES}
     FROM new_payments AS p
     JOIN wanted ON wanted.subscription_id = p.subscription_id
                AND wanted.period_start = p.period_start
@@ -364,7 +395,7 @@ new_jobs AS (
     RETURNING id
 ),
 moved AS (
-    UPDATE {subscription_table} AS s
+    UPDATE {{subscription_table}} AS s
     SET next_period_index = c.next_index, next_period_due_at = c.next_due, updated_at = %(now)b
     FROM unnest(
         %(cursor_ids)b::bigint[], %(cursor_indexes)b::integer[], %(cursor_dues)b::timestamptz[]
@@ -372,7 +403,7 @@ moved AS (
     WHERE s.id = c.id AND s.next_period_index < c.next_index
 )
 SELECT (SELECT count(*) FROM new_payments), (SELECT array_agg(id::text) FROM new_jobs)
-"""
+"""  # noqa: S608
 
 
 def _write_batch_postgresql(
@@ -442,7 +473,7 @@ def _write_batch_portable(
         data = json.loads(planned.data)
         data["paymentId"] = str(payment_id)
         job_rows.append((uuid.uuid4(), subscription_id, payment_id, data))
-    job_ids = _insert_jobs(job_rows, source=Job.Source.SCHEDULER, now=now)
+    job_ids = insert_jobs(job_rows, source=Job.Source.SCHEDULER, now=now)
     _advance_cursors(cursors, now=now)
     return len(created), job_ids
 
@@ -455,20 +486,15 @@ def _insert_payments(
     subscription_table = Subscription._meta.db_table
     created: list[tuple[int, int, datetime]] = []
     with connection.cursor() as cursor:
-        for chunk in _chunks(new_payments, 200):
+        for chunk in chunks(new_payments, 200):
             values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
             sql = (
                 # Names come from model meta, values are parameters.
                 "WITH wanted(subscription_id, period_index, period_start, period_end, seq, "  # noqa: S608
                 f"status) AS "
                 f"(VALUES {values}) "
-                f"INSERT INTO {payment_table} (subscription_id, period_index, period_start, "
-                "period_end, amount, payer_address, wallet_id, recipient_address, token_address, "
-                "token_decimals, network, status, authorization_nonce, transaction_hash, "
-                "error_code, error_message, created_at, updated_at) "
-                "SELECT w.subscription_id, w.period_index, w.period_start, w.period_end, "
-                "s.amount, s.payer_address, s.wallet_id, s.recipient_address, s.token_address, "
-                "s.token_decimals, s.network, w.status, '', '', '', '', %s, %s "
+                f"INSERT INTO {payment_table} ({_PAYMENT_COLUMNS}) "
+                f"SELECT {_PAYMENT_VALUES_PORTABLE} "
                 f"FROM wanted AS w JOIN {subscription_table} AS s ON s.id = w.subscription_id "
                 "WHERE true ORDER BY w.seq "
                 "ON CONFLICT (subscription_id, period_start) DO NOTHING "
@@ -480,58 +506,17 @@ def _insert_payments(
                     [
                         payment.subscription_id,
                         payment.period_index,
-                        _db_datetime(payment.period_start),
-                        _db_datetime(payment.period_end),
+                        db_datetime(payment.period_start),
+                        db_datetime(payment.period_end),
                         seq,
                         payment.status,
                     ]
                 )
-            params.extend([_db_datetime(now), _db_datetime(now)])
+            params.extend([db_datetime(now), db_datetime(now)])
             cursor.execute(sql, params)
             for payment_id, subscription_id, period_start in cursor.fetchall():
                 created.append((payment_id, subscription_id, _aware(period_start)))
     return created
-
-
-def _insert_jobs(rows: list[tuple[Any, ...]], *, source: str, now: datetime) -> list[str]:
-    """Insert jobs; a payment that already has an open job is skipped by the partial index."""
-    if not rows:
-        return []
-    table = Job._meta.db_table
-    columns = (
-        "id, subscription_id, payment_id, source, status, progress, attempts_made, max_attempts, "
-        "data, error_code, error, celery_task_id, lease_owner, recoveries, created_at, "
-        "enqueued_at, updated_at"
-    )
-    placeholders = "(%s, %s, %s, %s, 'waiting', 0, 0, %s, %s, '', '', '', '', 0, %s, %s, %s)"
-    max_attempts = settings.AUTOPAY_JOB_MAX_ATTEMPTS
-    is_postgres = connection.vendor == "postgresql"
-    job_ids: list[str] = []
-    with connection.cursor() as cursor:
-        for chunk in _chunks(rows, 500):
-            params: list[Any] = []
-            for job_id, subscription_id, payment_id, data in chunk:
-                params.extend(
-                    [
-                        job_id if is_postgres else job_id.hex,
-                        subscription_id,
-                        payment_id,
-                        source,
-                        max_attempts,
-                        json.dumps(data),
-                        _db_datetime(now),
-                        _db_datetime(now),
-                        _db_datetime(now),
-                    ]
-                )
-            sql = (
-                f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608 (names from model meta)
-                + ", ".join([placeholders] * len(chunk))
-                + " ON CONFLICT DO NOTHING RETURNING id"
-            )
-            cursor.execute(sql, params)
-            job_ids.extend(str(uuid.UUID(str(value))) for (value,) in cursor.fetchall())
-    return job_ids
 
 
 def _advance_cursors(updates: list[tuple[int, int, datetime]], *, now: datetime) -> None:
@@ -543,96 +528,10 @@ def _advance_cursors(updates: list[tuple[int, int, datetime]], *, now: datetime)
             "next_period_due_at = %s, updated_at = %s "
             "WHERE id = %s AND next_period_index < %s",
             [
-                (index, _db_datetime(due), _db_datetime(now), subscription_id, index)
+                (index, db_datetime(due), db_datetime(now), subscription_id, index)
                 for subscription_id, index, due in updates
             ],
         )
-
-
-def _schedule_dunning(*, now: datetime, batch_size: int) -> list[str]:
-    """Retry the failed payments of past-due subscriptions whose retry time has come.
-
-    A batch of subscriptions is claimed under row locks (skipping rows another scan holds) and
-    their retry time cleared in the same transaction, so two scans cannot both retry one; each
-    retry is a new job on the same payment, so the attempt history stays visible.
-    """
-    job_ids: list[str] = []
-    while True:
-        with transaction.atomic():
-            claimed = list(
-                Subscription.objects.select_for_update(skip_locked=True, no_key=_no_key())
-                .filter(
-                    status=Subscription.Status.PAST_DUE,
-                    auto_pay_enabled=True,
-                    dunning_next_retry_at__lte=now,
-                )
-                .order_by("dunning_next_retry_at", "id")
-                .values_list("id", flat=True)[:batch_size]
-            )
-            if not claimed:
-                return job_ids
-            Subscription.objects.filter(pk__in=claimed).update(
-                dunning_next_retry_at=None,
-                dunning_attempts=F("dunning_attempts") + 1,
-                updated_at=now,
-            )
-            failed = list(
-                Payment.objects.filter(subscription_id__in=claimed, status=Payment.Status.FAILED)
-                .order_by("subscription_id", "period_start")
-                .values_list(
-                    "pk",
-                    "subscription_id",
-                    "payer_address",
-                    "amount",
-                    "recipient_address",
-                    "subscription__service_name",
-                    "period_start",
-                )
-            )
-            if failed:
-                Payment.objects.filter(pk__in=[row[0] for row in failed]).update(
-                    status=Payment.Status.PENDING, error_code="", error_message="", updated_at=now
-                )
-                job_rows = [
-                    (
-                        uuid.uuid4(),
-                        subscription_id,
-                        payment_id,
-                        job_data(
-                            subscription_id=subscription_id,
-                            payment_id=payment_id,
-                            payer_address=payer_address,
-                            amount=amount,
-                            recipient_address=recipient_address,
-                            service_name=service_name,
-                            period_start=period_start,
-                        ),
-                    )
-                    for (
-                        payment_id,
-                        subscription_id,
-                        payer_address,
-                        amount,
-                        recipient_address,
-                        service_name,
-                        period_start,
-                    ) in failed
-                ]
-                job_ids.extend(_insert_jobs(job_rows, source=Job.Source.DUNNING, now=now))
-        if len(claimed) < batch_size:
-            return job_ids
-
-
-def _no_key() -> bool:
-    # FOR NO KEY UPDATE: the lock an UPDATE of non-key columns takes anyway. Unlike FOR UPDATE
-    # it lets other transactions insert payments and jobs that reference the row meanwhile
-    # (their foreign-key checks take KEY SHARE).
-    return connection.features.has_select_for_no_key_update
-
-
-def _db_datetime(value: datetime) -> Any:
-    """A datetime as the backend stores it (naive UTC text on SQLite, as is on PostgreSQL)."""
-    return connection.ops.adapt_datetimefield_value(value)
 
 
 def _aware(value: datetime | str) -> datetime:
@@ -640,11 +539,6 @@ def _aware(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _chunks(items: list[Any], size: int) -> Any:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def due_soon(*, within: timedelta) -> int:

@@ -125,7 +125,6 @@ def load_subscriptions(count: int, *, now: datetime) -> None:
                 "interval_unit": "month",
                 "interval_count": 1,
                 "billing_anchor": anchor,
-                "next_payment_index": 0,
                 "next_payment_due_at": anchor,
                 "next_period_index": 0,
                 "next_period_due_at": anchor,

@@ -51,7 +51,7 @@ ensure_python_env() {
 
 ensure_node_modules() {
   command -v npm >/dev/null || { say "installing Node.js"; apt_install nodejs npm; }
-  "$PY" -c 'from autopay.chain.anvil import ensure_node_modules; ensure_node_modules()'
+  "$PY" -c 'from autopay.devtools.anvil import ensure_node_modules; ensure_node_modules()'
 }
 
 postgres_up() {
@@ -105,4 +105,42 @@ ensure_redis() {
     --dir "$REPO_ROOT/var" --logfile "$REPO_ROOT/var/redis.log"
   for _ in $(seq 1 30); do redis_up && return 0; sleep 0.5; done
   echo "Redis is not reachable on 127.0.0.1:6379" >&2; return 1
+}
+
+# --- Docker (bin/test-deploy) ---------------------------------------------------------------------
+
+docker_up() { docker info >/dev/null 2>&1; }
+
+# A running Docker engine: Debian's docker.io is installed when there is no engine, and the
+# engine is started (systemd, else dockerd in the background, logging to /var/log/dockerd.log).
+# Returns 1, having said why, when that cannot be done.
+ensure_docker() {
+  docker_up && return 0
+  if ! command -v dockerd >/dev/null; then
+    say "installing Docker (Debian's docker.io)"
+    apt_install docker.io || { echo "installing docker.io failed" >&2; return 1; }
+  fi
+  say "starting the Docker engine"
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    as_root systemctl start docker 2>/dev/null || true
+  fi
+  if ! docker_up; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "the Docker engine is not running, and starting it needs root" >&2; return 1
+    fi
+    setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+  fi
+  for _ in $(seq 1 60); do docker_up && return 0; sleep 0.5; done
+  echo "the Docker engine did not start (log: /var/log/dockerd.log)" >&2; return 1
+}
+
+# Prints the compose command: the `docker compose` plugin, else docker-compose (installed from
+# Debian's packages when neither is there).
+compose_command() {
+  if docker compose version >/dev/null 2>&1; then echo "docker compose"; return 0; fi
+  if ! command -v docker-compose >/dev/null; then
+    say "installing docker-compose (Debian's package)"
+    apt_install docker-compose || { echo "installing docker-compose failed" >&2; return 1; }
+  fi
+  echo "docker-compose"
 }

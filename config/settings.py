@@ -53,6 +53,11 @@ INSTALLED_APPS = [
     "jobs",
     "autopay",
 ]
+# The development tools (local chain, token deploy/mint, demo data): a production deployment
+# sets AUTOPAY_DEV_TOOLS=false and leaves them out.
+AUTOPAY_DEV_TOOLS = env.bool("AUTOPAY_DEV_TOOLS", default=True)
+if AUTOPAY_DEV_TOOLS:
+    INSTALLED_APPS.append("autopay.devtools")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

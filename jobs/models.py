@@ -42,7 +42,6 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
     error = models.TextField(blank=True, default="")
-    celery_task_id = models.CharField(max_length=64, blank=True, default="")
     # Claim and lease: only the worker holding an unexpired lease may act on an active job.
     lease_owner = models.CharField(max_length=128, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)

@@ -172,18 +172,30 @@ def job_progress(*, job: Job, worker_id: str, progress: int) -> None:
 
 
 def job_complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
+    updated = _held(job, worker_id).update(**_completed(result))
+    return bool(updated)
+
+
+def _completed(result: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a completed job: no error left, no lease."""
     now = timezone.now()
-    updated = _held(job, worker_id).update(
-        status=Job.Status.COMPLETED,
-        progress=100,
-        result=result,
-        error_code="",
-        error="",
-        finished_at=now,
-        lease_owner="",
-        lease_expires_at=None,
-        updated_at=now,
-    )
+    return {
+        "status": Job.Status.COMPLETED,
+        "progress": 100,
+        "result": result,
+        "error_code": "",
+        "error": "",
+        "finished_at": now,
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+
+
+def job_complete_reconciled(*, job: Job, result: dict[str, Any]) -> bool:
+    """A failed job whose payment the chain shows settled after all: completed, its error
+    cleared (it no longer describes what happened)."""
+    updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILED).update(**_completed(result))
     return bool(updated)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Compile the project's Solidity contracts with the pinned solc-js (package.json) and write
-// deterministic artifacts to autopay/chain/contracts/<Name>.json.
+// deterministic artifacts to autopay/devtools/artifacts/<Name>.json.
 //
 // Fully offline: solc-js ships its compiler (soljson.js) inside the npm package.
 //
@@ -14,7 +14,7 @@ const path = require('path');
 const solc = require('solc');
 
 const ROOT = path.resolve(__dirname, '..');
-const OUT_DIR = path.join(ROOT, 'autopay', 'chain', 'contracts');
+const OUT_DIR = path.join(ROOT, 'autopay', 'devtools', 'artifacts');
 
 // One entry per deployable contract: [source file relative to the repo root, contract name].
 const CONTRACTS = [['contracts/AutoPayUSD.sol', 'AutoPayUSD']];

@@ -136,7 +136,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "payer_address",
         "status",
         "status_reason",
-        "next_payment_index",
         "next_payment_due_at",
         "next_period_index",
         "next_period_due_at",
@@ -162,7 +161,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
         if not change:
             # The cursors services.subscription_create sets: the first period starts at the
             # anchor (they are read-only in the form, so nothing else would set them).
-            obj.next_payment_index = 0
             obj.next_payment_due_at = obj.billing_anchor
             obj.next_period_index = 0
             obj.next_period_due_at = obj.billing_anchor

@@ -86,8 +86,7 @@ class Subscription(models.Model):
     )
     interval_count = models.PositiveIntegerField(default=1)
     billing_anchor = models.DateTimeField(help_text="Start of the first billing period.")
-    # Earliest period not yet paid: what the subscriber sees as "next payment due".
-    next_payment_index = models.PositiveIntegerField(default=0)
+    # Start of the earliest period not yet paid: what the subscriber sees as "next payment due".
     next_payment_due_at = models.DateTimeField()
     # Scheduling cursor: the first period that has no Payment row yet (the scan's key).
     next_period_index = models.PositiveIntegerField(default=0)

@@ -90,7 +90,7 @@ def clean_redis(redis_client: redis.Redis) -> redis.Redis:
 
 @pytest.fixture(scope="session")
 def relayer_key() -> str:
-    from autopay.chain.anvil import ANVIL_DEV_KEYS
+    from autopay.devtools.anvil import ANVIL_DEV_KEYS
 
     return ANVIL_DEV_KEYS[1]
 
@@ -128,7 +128,7 @@ def funded_wallet(
     engine_settings: Any, user: Any, w3: Any, token_address: str, deployer: Any
 ) -> Callable[..., Any]:
     """A server-held payer wallet of ``user`` with ``amount_atomic`` tokens on the chain."""
-    from autopay.chain.contracts import mint
+    from autopay.devtools.contracts import mint
     from tests.factories import PayerWalletFactory
 
     def make(amount_atomic: int = 1_000 * 10**6, owner: Any = None) -> Any:

@@ -397,7 +397,6 @@ def test_admin_change_cannot_move_the_schedule_or_the_status(operator: Client) -
             network="eip155:8453",
             token_address=new_address(),
             status="canceled",
-            next_payment_index="5",
         ),
     )
 
@@ -410,7 +409,6 @@ def test_admin_change_cannot_move_the_schedule_or_the_status(operator: Client) -
         "network",
         "token_address",
         "status",
-        "next_payment_index",
         "next_period_due_at",
     ):
         assert after[field] == before[field], field
@@ -488,7 +486,6 @@ def admin_form_data(subscription: Subscription | None, **overrides: Any) -> dict
         "billing_anchor_1": anchor.strftime("%H:%M:%S") if anchor else "10:00:00",
         "auto_pay_enabled": "on",
         "status": subscription.status if subscription else "active",
-        "next_payment_index": "0",
         "payments-TOTAL_FORMS": "0",
         "payments-INITIAL_FORMS": "0",
         "payments-MIN_NUM_FORMS": "0",

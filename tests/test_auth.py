@@ -25,7 +25,7 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from autopay.api.tokens import issue_token
-from autopay.chain.anvil import free_port
+from autopay.devtools.anvil import free_port
 from config import limits
 from tests.factories import UserFactory
 

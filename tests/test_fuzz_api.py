@@ -30,7 +30,7 @@ from schemathesis import Case, CheckContext, CheckFunction, Response
 from schemathesis import checks as builtin_checks
 
 from autopay.api.tokens import issue_token
-from autopay.chain.anvil import free_port
+from autopay.devtools.anvil import free_port
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import payment_build
 from tests.factories import (

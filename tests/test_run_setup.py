@@ -14,7 +14,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from autopay.chain.anvil import free_port, is_rpc_alive
+from autopay.devtools.anvil import free_port, is_rpc_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

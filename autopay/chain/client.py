@@ -87,11 +87,21 @@ def call_rpc(function: Any, *args: Any, **kwargs: Any) -> Any:
     except (ContractLogicError, TransactionNotFound, BlockNotFound):
         raise
     except Exception as exc:
-        if is_transport_error(exc):
-            raise ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}") from exc
-        if isinstance(exc, Web3RPCError):
-            raise ChainUnavailable(f"chain RPC error: {exc}") from exc
-        raise
+        error = rpc_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def rpc_error(exc: BaseException) -> ChainUnavailable | None:
+    """The one classification of a failed RPC request: the node unreachable, timing out or
+    answering 5xx/429, or a JSON-RPC error that is not a revert (rate limit, range limit,
+    node out of sync) is ChainUnavailable (transient); anything else is not ours to classify."""
+    if is_transport_error(exc):
+        return ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}")
+    if isinstance(exc, Web3RPCError):
+        return ChainUnavailable(f"chain RPC error: {exc}")
+    return None
 
 
 def token_balance(token_address: str, owner: str, *, w3: Web3 | None = None) -> int:

@@ -29,7 +29,13 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from x402.mechanisms.evm.types import TransactionReceipt
 
-from autopay.chain.client import ChainUnavailable, get_web3, is_transport_error, token_balance
+from autopay.chain.client import (
+    ChainUnavailable,
+    get_web3,
+    is_transport_error,
+    rpc_error,
+    token_balance,
+)
 from config.redis import get_redis
 from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentError
 
@@ -167,14 +173,11 @@ class Relayer:
         except (ContractLogicError, TransactionNotFound):
             raise
         except Exception as exc:
+            error = rpc_error(exc)
+            if error is None:
+                raise
             if is_transport_error(exc):
                 _note_transport(exc)
-                error: Exception = ChainUnavailable(f"chain RPC unavailable: {type(exc).__name__}")
-            elif isinstance(exc, Web3RPCError):
-                # A JSON-RPC error that is not a revert: rate limit, node out of sync, ...
-                error = RelayerError(f"the node refused a request: {exc}")
-            else:
-                raise
             _note_error(error)
             raise error from exc
 

@@ -21,7 +21,8 @@ def enforce_money_boundary(apps, schema_editor):
     Payment = apps.get_model("subscriptions", "Payment")
     PayerWallet = apps.get_model("autopay", "PayerWallet")
     now = timezone.now()
-    for subscription in Subscription.objects.all().iterator():
+    columns = ("id", "owner_id", "wallet_id", "payer_address", "status", "paused_at", "status_reason")
+    for subscription in Subscription.objects.only(*columns).iterator():
         wallet = subscription.wallet
         if wallet is None:
             wallet = PayerWallet.objects.filter(

@@ -209,7 +209,7 @@ def test_a_wallet_whose_key_does_not_sign_for_the_payer_fails_with_invalid_signa
 ) -> None:
     from eth_account import Account
 
-    from autopay.chain.contracts import mint
+    from autopay.devtools.contracts import mint
     from subscriptions.custody import encrypt_private_key
     from tests.factories import PayerWalletFactory
 

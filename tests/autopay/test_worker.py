@@ -14,9 +14,9 @@ from web3 import Web3
 from web3.types import RPCEndpoint
 
 from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
-from autopay.chain.anvil import ANVIL_DEV_KEYS, AnvilProcess, free_port
 from autopay.chain.client import token_balance
-from autopay.chain.contracts import deploy_token, mint
+from autopay.devtools.anvil import ANVIL_DEV_KEYS, AnvilProcess, free_port
+from autopay.devtools.contracts import deploy_token, mint
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.queue import publish_jobs

@@ -15,8 +15,8 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
 
-from autopay.chain.anvil import ANVIL_DEV_KEYS, AnvilProcess, ensure_node_modules
-from autopay.chain.contracts import deploy_token, mint, token_contract
+from autopay.devtools.anvil import ANVIL_DEV_KEYS, AnvilProcess, ensure_node_modules
+from autopay.devtools.contracts import deploy_token, mint, token_contract
 
 #: Default amount minted by ``funded_account``: 1,000 tokens of 6 decimals.
 DEFAULT_FUNDING_ATOMIC = 1_000 * 10**6

@@ -11,7 +11,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from autopay.chain.anvil import (
+from autopay.devtools.anvil import (
     ANVIL_DEV_KEYS,
     AnvilError,
     AnvilProcess,
@@ -88,7 +88,7 @@ def test_early_exit_is_reported() -> None:
 
 
 def test_stale_node_modules_detection(tmp_path: Path) -> None:
-    from autopay.chain.anvil import _node_modules_stale
+    from autopay.devtools.anvil import _node_modules_stale
 
     lock = {
         "lockfileVersion": 3,

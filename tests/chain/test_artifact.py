@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from autopay.chain.anvil import REPO_ROOT
-from autopay.chain.contracts import load_artifact
+from autopay.devtools.anvil import REPO_ROOT
+from autopay.devtools.contracts import load_artifact
 
 SOURCE = REPO_ROOT / "contracts" / "AutoPayUSD.sol"
 
@@ -45,7 +45,7 @@ def test_fresh_compile_matches_committed_artifact() -> None:
     if node is None:
         pytest.skip("node is not installed")
     if not (REPO_ROOT / "node_modules" / "solc" / "package.json").is_file():
-        from autopay.chain.anvil import ensure_node_modules
+        from autopay.devtools.anvil import ensure_node_modules
 
         ensure_node_modules()
     proc = subprocess.run(

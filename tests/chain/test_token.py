@@ -24,8 +24,8 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 from web3.types import RPCEndpoint
 
-from autopay.chain.anvil import ANVIL_DEV_KEYS
-from autopay.chain.contracts import mint, sign_and_send
+from autopay.devtools.anvil import ANVIL_DEV_KEYS
+from autopay.devtools.contracts import mint, sign_and_send
 
 pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("chain_snapshot")]
 

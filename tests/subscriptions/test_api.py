@@ -626,7 +626,6 @@ def test_trigger_when_the_current_period_is_paid_is_a_conflict(api: APIClient, u
     )
     next_start = subscription.period_start(1)
     Subscription.objects.filter(pk=subscription.pk).update(
-        next_payment_index=1,
         next_period_index=1,
         next_period_due_at=next_start,
         next_payment_due_at=next_start,

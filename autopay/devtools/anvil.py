@@ -7,7 +7,7 @@ the ``node_modules/.bin/anvil`` node wrapper, so that signals reach anvil itself
 
 Run a node in the foreground for the dev system::
 
-    python -m autopay.chain.anvil --port 8545 --block-time 1 --state-file .anvil/state.json
+    python -m autopay.devtools.anvil --port 8545 --block-time 1 --state-file .anvil/state.json
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def anvil_binary(node_modules: Path | None = None) -> Path:
     tried = ", ".join(str(p) for p in candidates)
     raise AnvilError(
         f"anvil binary not found (looked for {tried}). Install the pinned npm packages with "
-        f"`npm ci` in {REPO_ROOT} (or call autopay.chain.anvil.ensure_node_modules())."
+        f"`npm ci` in {REPO_ROOT} (or call autopay.devtools.anvil.ensure_node_modules())."
     )
 
 
@@ -503,7 +503,7 @@ def _format_seconds(value: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run anvil in the foreground until Ctrl-C / SIGTERM (dumping ``--state-file`` on exit)."""
     parser = argparse.ArgumentParser(
-        prog="python -m autopay.chain.anvil", description="Run the local development chain."
+        prog="python -m autopay.devtools.anvil", description="Run the local development chain."
     )
     parser.add_argument("--port", type=int, default=8545)
     parser.add_argument("--host", default=DEFAULT_HOST)

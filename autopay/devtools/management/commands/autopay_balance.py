@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from eth_utils import to_checksum_address
 
 from autopay.chain.client import ChainUnavailable, call_rpc, get_web3, token_balance
-from autopay.management.commands._chain import format_amount
+from autopay.devtools.management.commands._chain import format_amount
 
 
 class Command(BaseCommand):

@@ -8,8 +8,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from autopay.chain.client import get_web3
-from autopay.chain.contracts import deploy_token
-from autopay.management.commands._chain import minter_key
+from autopay.devtools.contracts import deploy_token
+from autopay.devtools.management.commands._chain import minter_key
 
 
 class Command(BaseCommand):

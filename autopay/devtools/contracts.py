@@ -19,7 +19,7 @@ from web3.contract import Contract
 from web3.exceptions import Web3Exception
 from web3.types import TxParams, TxReceipt, Wei
 
-ARTIFACTS_DIR = Path(__file__).resolve().parent / "contracts"
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 
 DEFAULT_TOKEN_NAME = "USD Coin"
 DEFAULT_TOKEN_SYMBOL = "USDC"
@@ -42,7 +42,7 @@ def _load_artifact_cached(name: str) -> str:
 
 
 def load_artifact(name: str = "AutoPayUSD") -> dict[str, Any]:
-    """Return the compiled artifact ``autopay/chain/contracts/<name>.json`` (a fresh dict).
+    """Return the compiled artifact ``autopay/devtools/artifacts/<name>.json`` (a fresh dict).
 
     Keys: ``contractName``, ``abi``, ``bytecode``, ``deployedBytecode``, ``compiler``,
     ``evmVersion``, ``sourceSha256`` (and ``sourcePath``, ``optimizer``).

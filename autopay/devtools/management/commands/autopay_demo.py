@@ -16,8 +16,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from autopay.api.tokens import install_token, issue_token
 from autopay.chain.client import get_web3, token_balance
-from autopay.chain.contracts import mint
-from autopay.management.commands._chain import minter_key
+from autopay.devtools.contracts import mint
+from autopay.devtools.management.commands._chain import minter_key
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import PayerWallet, Subscription

@@ -7,7 +7,7 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from autopay.chain.anvil import ANVIL_DEV_KEYS
+from autopay.devtools.anvil import ANVIL_DEV_KEYS
 
 LOCAL_CHAIN_IDS = {31337, 1337}
 

@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from eth_utils import is_checksum_address, to_checksum_address
 
 from autopay.chain.client import get_web3
-from autopay.chain.contracts import mint
-from autopay.management.commands._chain import format_amount, minter_key, parse_amount
+from autopay.devtools.contracts import mint
+from autopay.devtools.management.commands._chain import format_amount, minter_key, parse_amount
 
 
 class Command(BaseCommand):
