@@ -10,10 +10,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from eth_account import Account
 
-from autopay.custody import encrypt_private_key
-from autopay.models import PayerWallet
 from jobs.models import Job
-from subscriptions.models import Payment, Subscription
+from subscriptions.custody import encrypt_private_key
+from subscriptions.models import PayerWallet, Payment, Subscription
 from subscriptions.services import payment_build
 
 
