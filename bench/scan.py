@@ -137,7 +137,8 @@ def load_subscriptions(count: int, *, now: datetime) -> None:
                 "paused_at": None,
                 "canceled_at": None,
             }
-            yield tuple(values[field.attname] for field in fields)
+            # Any other column (added later) takes its model default.
+            yield tuple(values.get(field.attname, field.get_default()) for field in fields)
 
     connection.ensure_connection()
     # Django's connection is in autocommit mode: the COPY commits on its own.
