@@ -6,32 +6,50 @@
 # Migrations run in a one-shot container (compose service `migrate`), or in any container
 # started with RUN_MIGRATIONS=1. The Node tool chain (anvil, solc) is for local chains only and
 # is not in the image.
+#
+# Dependencies come from PyPI, or, when docker/wheels/ holds wheels (docker/prepare-wheels.sh),
+# from those alone with no index: an offline build. PYTHON_IMAGE picks the base of both stages
+# (e.g. a local python image on a machine that cannot pull: see bin/test-deploy).
 
-ARG PYTHON_IMAGE=python:3.12-slim
+ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- builder: compilers and a virtual environment with every runtime dependency -------------
+# --- requirements: the runtime dependencies of pyproject.toml, as a requirements file ---------
+# Its own stage: an edit elsewhere in pyproject.toml (tool settings, dev dependencies) leaves
+# the file, and so the dependency layer below, as it was.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /src/
+RUN python -c "import tomllib; \
+        project = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+        print('\n'.join(project['dependencies']))" > /requirements.txt
+
+# --- builder: a virtual environment with every runtime dependency ----------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Compilers only for a dependency that ships no wheel for this platform; they stay here.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
-
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so that a code change reuses this layer.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; \
-        project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-        print('\n'.join(project['dependencies']))" > /tmp/requirements.txt \
-    && pip install --upgrade pip \
-    && pip install -r /tmp/requirements.txt
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+COPY docker/wheels/ /wheels/
+# Prepared wheels: installed offline. Otherwise PyPI, binary wheels first; compilers (in this
+# stage only) just for a dependency that ships no wheel for this platform. Then what the runtime
+# never reads goes: translation sources (the compiled .mo files stay) and pip itself.
+RUN if ls /wheels/*.whl >/dev/null 2>&1; then \
+           echo "installing the dependencies from docker/wheels (no index)" \
+           && pip install --no-index --find-links /wheels -r /tmp/requirements.txt; \
+       else \
+           pip install --upgrade pip \
+           && { pip install --only-binary=:all: -r /tmp/requirements.txt \
+                || { apt-get update \
+                     && apt-get install -y --no-install-recommends build-essential \
+                     && rm -rf /var/lib/apt/lists/* \
+                     && pip install -r /tmp/requirements.txt; }; }; \
+       fi \
+    && find /opt/venv -name '*.po' -delete \
+    && pip uninstall --yes --quiet pip
 
 # --- runtime: slim, no compilers, non-root ----------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

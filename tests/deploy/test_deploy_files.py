@@ -1,10 +1,11 @@
 """Static checks of the deployment files (Dockerfile, compose.yaml, .env.example, docker/).
 
-No container engine runs on these machines, so the files are checked by parsing them: the
-Dockerfile with a small parser below, compose.yaml with PyYAML and a compose-style
-interpolation of ${...} references, .env.example as a dotenv file. The entrypoint and the
-healthcheck script are real programs and are run here. When the `docker compose` plugin is
-installed, `docker compose config` validates the file as well (it needs no daemon).
+The files are checked by parsing them: the Dockerfile with a small parser below, compose.yaml
+with PyYAML and a compose-style interpolation of ${...} references, .env.example as a dotenv
+file. The entrypoint, the healthcheck script, the gunicorn settings and the wheel preparation
+are real programs and are run here. When a compose implementation is installed (the
+`docker compose` plugin or docker-compose), it validates compose.yaml as well (no daemon
+needed). The real thing, an image built and the stack run end to end, is bin/test-deploy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -37,6 +39,9 @@ SETTINGS = REPO / "config" / "settings.py"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 GUNICORN_CONF = REPO / "docker" / "gunicorn.conf.py"
+PREPARE_WHEELS = REPO / "docker" / "prepare_wheels.py"
+LOCAL_BASE = REPO / "docker" / "local-base"
+TEST_OVERRIDE = REPO / "docker" / "compose.deploy-test.yaml"
 
 APP_SERVICES = ("migrate", "web", "worker", "beat")
 LONG_RUNNING = ("postgres", "redis", "web", "worker", "beat")
@@ -51,6 +56,11 @@ NON_SETTINGS_VARIABLES: dict[str, Path] = {
     "POSTGRES_USER": COMPOSE,
     "POSTGRES_DB": COMPOSE,
     "AUTOPAY_IMAGE": COMPOSE,
+    "AUTOPAY_ENV_FILE": COMPOSE,
+    "COMPOSE_PROJECT_NAME": COMPOSE,
+    "PYTHON_IMAGE": COMPOSE,
+    "POSTGRES_IMAGE": COMPOSE,
+    "REDIS_IMAGE": COMPOSE,
     "WEB_PORT": COMPOSE,
     "WORKER_CONCURRENCY": COMPOSE,
     "WEB_CONCURRENCY": GUNICORN_CONF,
@@ -326,11 +336,15 @@ def settings_variables() -> set[str]:
     return set(re.findall(r"env(?:\.[a-z_]+)?\(\s*\"([A-Z][A-Z0-9_]*)\"", SETTINGS.read_text()))
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
+def compose_data(path: Path = COMPOSE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict)
     return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return compose_data()
 
 
 @pytest.fixture(scope="module")
@@ -354,11 +368,17 @@ def command_list(service: dict[str, Any]) -> list[str]:
 # --- Dockerfile -------------------------------------------------------------------------------
 
 
+def stage(stages: list[Stage], name: str) -> Stage:
+    return next(item for item in stages if item.name == name)
+
+
 def test_dockerfile_is_multi_stage_on_python_slim(stages: list[Stage]) -> None:
     assert len(stages) >= 2
-    assert stages[0].name == "builder"
+    assert [item.name for item in stages[:-1]] == ["requirements", "builder"]
     for stage in stages:
-        assert stage.base == "python:3.12-slim", stage
+        # The public image by default; --build-arg PYTHON_IMAGE=... replaces it in every stage.
+        assert stage.base == "python:3.11-slim", stage
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
     names = {stage.name for stage in stages[:-1]}
     copied_from = [
         instruction.flags_and_operands()[0]["from"]
@@ -370,10 +390,38 @@ def test_dockerfile_is_multi_stage_on_python_slim(stages: list[Stage]) -> None:
 
 
 def test_builder_installs_dependencies_from_pyproject(stages: list[Stage]) -> None:
-    builder = stages[0]
-    assert "pyproject.toml" in copy_sources(builder)
+    requirements = stage(stages, "requirements")
+    assert copy_sources(requirements) == ["pyproject.toml"]
+    runs = " ".join(instruction.args for instruction in requirements.all("RUN"))
+    assert "pyproject.toml" in runs and "['dependencies']" in runs
+    builder = stage(stages, "builder")
+    # Only the requirements file reaches the builder: other pyproject.toml edits keep its cache.
+    copied = [
+        instruction.flags_and_operands()
+        for instruction in builder.all("COPY")
+        if "from" in instruction.flags_and_operands()[0]
+    ]
+    assert copied == [({"from": "requirements"}, ["/requirements.txt", "/tmp/requirements.txt"])]
     runs = " ".join(instruction.args for instruction in builder.all("RUN"))
-    assert "venv" in runs and "pip install" in runs and "pyproject.toml" in runs
+    assert "venv" in runs and "pip install" in runs and "-r /tmp/requirements.txt" in runs
+
+
+def test_builder_installs_offline_from_prepared_wheels(stages: list[Stage]) -> None:
+    builder = stage(stages, "builder")
+    # The folder is always there (its README is committed, the wheels are git-ignored), so
+    # the COPY works with and without prepared wheels.
+    assert "docker/wheels/" in copy_sources(builder)
+    assert (REPO / "docker" / "wheels" / "README.md").is_file()
+    assert not is_dockerignored("docker/wheels/django-5.2-py3-none-any.whl")
+    gitignore = (REPO / ".gitignore").read_text().splitlines()
+    assert "docker/wheels/*" in gitignore and "!docker/wheels/README.md" in gitignore
+    install = next(run.args for run in builder.all("RUN") if "pip install" in run.args)
+    offline, _, online = install.partition("else")
+    assert "/wheels/*.whl" in offline
+    assert "pip install --no-index --find-links /wheels" in offline
+    # Without wheels: the index, binary wheels first; compilers only as a fallback.
+    assert "--no-index" not in online and "--only-binary=:all:" in online
+    assert online.index("--only-binary") < online.index("build-essential")
 
 
 def test_final_stage_runs_as_a_non_root_user(final: Stage) -> None:
@@ -607,6 +655,151 @@ def test_gunicorn_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tuned["workers"] == 5 and tuned["timeout"] == 90
 
 
+GUNICORN_LOGGING_PROBE = """
+import runpy, sys
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+
+settings = runpy.run_path(sys.argv[1])
+config = Config()
+for name in ("logconfig_dict", "access_log_format", "accesslog", "errorlog", "loglevel"):
+    config.set(name, settings[name])
+logger = Logger(config)
+logger.info("Booting worker with pid: %s", 42)
+"""
+
+
+def test_gunicorn_logs_are_key_value() -> None:
+    """gunicorn applies the logging settings (merged with its defaults) and writes key=value."""
+    result = subprocess.run(
+        [sys.executable, "-c", GUNICORN_LOGGING_PROBE, str(GUNICORN_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r'time=\S+ \S+ level=INFO logger=gunicorn\.error msg="Booting worker with pid: 42"', line
+    ), line
+    access_format = runpy.run_path(str(GUNICORN_CONF))["access_log_format"]
+    pairs = re.findall(r'(\w+)=("[^"]*"|\S+)', access_format)
+    assert [name for name, _ in pairs] == [
+        "remote", "method", "path", "status", "bytes", "duration_ms", "user_agent"
+    ]  # fmt: skip
+    assert "%(q)s" not in access_format and "Authorization" not in access_format
+
+
+# --- offline wheels and local base images -----------------------------------------------------
+
+
+def make_wheel(folder: Path, name: str, version: str, requires: list[str]) -> None:
+    import zipfile
+
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
+    wheel = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"{name.replace('-', '_')}-{version}.dist-info/METADATA", metadata)
+
+
+def test_prepare_wheels_finds_what_the_target_python_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip marks dependencies by the interpreter that downloads; the image's may differ."""
+    prepare = runpy.run_path(str(PREPARE_WHEELS))
+    missing_for_target = prepare["missing_for_target"]
+    monkeypatch.setitem(missing_for_target.__globals__, "WHEELS", tmp_path)
+    monkeypatch.setitem(
+        missing_for_target.__globals__, "runtime_requirements", lambda: ["celery[redis]>=5"]
+    )
+    make_wheel(tmp_path, "celery", "5.5", ['kombu>=5; python_version >= "3.8"'])
+    make_wheel(
+        tmp_path,
+        "kombu",
+        "5.5",
+        [
+            'redis>=5; extra == "redis"',
+            'async-timeout>=4; python_full_version < "3.11.3"',
+            'tomli; python_version < "3.11"',
+            'pywin32; sys_platform == "win32"',
+        ],
+    )
+    assert missing_for_target("3.11", "x86_64") == ["async-timeout>=4"]
+    make_wheel(tmp_path, "async-timeout", "5.0", [])
+    assert missing_for_target("3.11", "x86_64") == []
+    assert missing_for_target("3.10", "x86_64") == ["tomli"]
+
+
+def test_local_base_images_mirror_the_public_ones() -> None:
+    for name in ("python", "postgres", "redis"):
+        dockerfile = (LOCAL_BASE / f"{name}.Dockerfile").read_text()
+        instructions = parse_dockerfile(dockerfile)
+        assert instructions[0].keyword == "ARG" and instructions[1].args == "${DEBIAN_IMAGE}"
+        # Debian's own packages, no download of anything else.
+        assert "apt-get install" in dockerfile and "curl" not in dockerfile
+    python = (LOCAL_BASE / "python.Dockerfile").read_text()
+    assert "python3.11-venv" in python and "/usr/local/bin/python" in python
+    postgres = (LOCAL_BASE / "postgres.Dockerfile").read_text()
+    assert "PGDATA=/var/lib/postgresql/data" in postgres and "STOPSIGNAL SIGINT" in postgres
+    for script in ("make.sh", "postgres-entrypoint.sh", "redis-entrypoint.sh"):
+        path = LOCAL_BASE / script
+        assert os.access(path, os.X_OK), script
+        shell = "bash" if script == "make.sh" else "sh"
+        assert subprocess.run([shell, "-n", str(path)], check=False).returncode == 0, script
+    for script in ("test-deploy", "test", "_lib.sh"):
+        path = REPO / "bin" / script
+        assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0, script
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["redis-server", "--appendonly", "yes"],
+            "--protected-mode no --dir /data --appendonly yes",
+        ),
+        (["--appendonly", "yes"], "--protected-mode no --dir /data --appendonly yes"),
+        (["redis-cli", "ping"], "ping"),
+    ],
+)
+def test_local_redis_entrypoint(args: list[str], expected: str) -> None:
+    """Like the public image: reachable from other containers, data in /data, options last."""
+    folder = Path(tempfile.mkdtemp(prefix="redis-entrypoint-"))
+    try:
+        folder.chmod(0o755)
+        for program in ("redis-server", "redis-cli"):
+            fake = folder / program
+            fake.write_text('#!/bin/sh\necho "$@"\n')
+            fake.chmod(0o755)
+        command = ["sh", str(LOCAL_BASE / "redis-entrypoint.sh"), *args]
+        if os.getuid() == 0:  # as root it would chown /data and drop to the redis user
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(
+            command,
+            env={"PATH": f"{folder}:/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_deploy_test_override_stays_on_loopback() -> None:
+    override = compose_data(TEST_OVERRIDE)
+    assert set(override["services"]) == {"anvil"}
+    anvil = override["services"]["anvil"]
+    assert anvil["ports"] == ["127.0.0.1:${ANVIL_HOST_PORT:?}:8545"]
+    assert anvil["image"] == "${DEBIAN_IMAGE:?}"
+    # Nothing of the stack is published on the host's well-known ports.
+    text = TEST_OVERRIDE.read_text()
+    for port in ("5432", "6379", "8000"):
+        assert f":{port}" not in text
+
+
 # --- compose.yaml --------------------------------------------------------------------------------
 
 
@@ -614,18 +807,20 @@ def test_compose_has_every_service(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) >= {"postgres", "redis", *APP_SERVICES}
 
 
-def test_postgres_service(compose: dict[str, Any]) -> None:
+def test_postgres_service(compose: dict[str, Any], resolved: dict[str, Any]) -> None:
     postgres = compose["services"]["postgres"]
-    assert postgres["image"].startswith("postgres:16")
+    assert postgres["image"] == "${POSTGRES_IMAGE:-postgres:16}"
+    assert resolved["services"]["postgres"]["image"] == "postgres:16"
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     volume = next(v for v in postgres["volumes"] if v.endswith(":/var/lib/postgresql/data"))
     assert volume.split(":")[0] in compose["volumes"], "PostgreSQL data needs a named volume"
     assert "ports" not in postgres
 
 
-def test_redis_service_persists(compose: dict[str, Any]) -> None:
+def test_redis_service_persists(compose: dict[str, Any], resolved: dict[str, Any]) -> None:
     redis_service = compose["services"]["redis"]
-    assert redis_service["image"].startswith("redis:7")
+    assert redis_service["image"] == "${REDIS_IMAGE:-redis:7}"
+    assert resolved["services"]["redis"]["image"] == "redis:7"
     command = command_list(redis_service)
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
@@ -635,12 +830,37 @@ def test_redis_service_persists(compose: dict[str, Any]) -> None:
     assert "ports" not in redis_service
 
 
-def test_app_services_share_one_image(compose: dict[str, Any]) -> None:
+def test_app_services_share_one_image(compose: dict[str, Any], resolved: dict[str, Any]) -> None:
     images = {compose["services"][name]["image"] for name in APP_SERVICES}
     assert len(images) == 1
     for name in APP_SERVICES:
         build = compose["services"][name]["build"]
         assert build["context"] == "." and build["dockerfile"] == "Dockerfile"
+        args = resolved["services"][name]["build"]["args"]
+        assert args == {"PYTHON_IMAGE": "python:3.11-slim"}
+
+
+def test_app_containers_are_hardened(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        assert service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"], name
+        assert service["init"] is True, name  # signals reach the process; zombies are reaped
+        assert service["logging"]["options"]["max-size"], name
+    # Long enough for the work in flight: gunicorn's graceful timeout, Celery's task limit.
+    assert compose["services"]["web"]["stop_grace_period"] == "40s"
+    assert compose["services"]["worker"]["stop_grace_period"] == "3m"
+
+
+def test_compose_file_suits_compose_v1_and_v2(compose: dict[str, Any]) -> None:
+    """Debian's docker-compose 1.29 rejects the top-level `name` and env_file mappings."""
+    assert set(compose) <= {"services", "volumes", "networks", "configs", "secrets"} | {
+        key for key in compose if key.startswith("x-")
+    }
+    for name in APP_SERVICES:
+        env_file = compose["services"][name]["env_file"]
+        assert all(isinstance(entry, str) for entry in env_file), name
+    assert "COMPOSE_PROJECT_NAME=autopay" in ENV_EXAMPLE.read_text().splitlines()
 
 
 def test_depends_on_waits_for_health_and_migrations(compose: dict[str, Any]) -> None:
@@ -694,8 +914,11 @@ def test_database_and_redis_urls_point_at_the_services(resolved: dict[str, Any])
         assert "@postgres:5432/" in environment["DATABASE_URL"]
         assert environment["REDIS_URL"].startswith("redis://redis:6379")
         assert environment["DJANGO_ALLOWED_HOSTS"]
-        env_files = resolved["services"][name]["env_file"]
-        assert [entry["path"] for entry in env_files] == [".env"]
+        assert resolved["services"][name]["env_file"] == [".env"]
+        elsewhere = interpolate_tree(
+            compose_data(), {**parse_dotenv(ENV_EXAMPLE.read_text()), "AUTOPAY_ENV_FILE": "/x"}
+        )
+        assert elsewhere["services"][name]["env_file"] == ["/x"]
 
 
 def test_no_hard_coded_secrets(compose: dict[str, Any]) -> None:
@@ -751,26 +974,49 @@ def test_interpolation_with_env_example_and_required_secrets(
             interpolate_tree(compose, {**env_example, name: ""})
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
+def compose_implementations() -> list[list[str]]:
+    found = []
     docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker CLI on this machine")
-    version = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, timeout=60
-    )
-    if version.returncode != 0:
-        pytest.skip(
-            "the docker compose plugin is not installed (`docker compose version` fails); "
-            "compose.yaml is checked by the parser-based tests above instead"
+    if docker is not None:
+        version = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, timeout=60
         )
-    result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+        if version.returncode == 0:
+            found.append([docker, "compose"])
+    legacy = shutil.which("docker-compose")
+    if legacy is not None:
+        found.append([legacy])
+    return found
+
+
+@pytest.mark.parametrize("override", [False, True], ids=["compose.yaml", "with-test-override"])
+def test_docker_compose_config_accepts_the_file(override: bool) -> None:
+    implementations = compose_implementations()
+    if not implementations:
+        pytest.skip(
+            "no compose implementation is installed (`docker compose` plugin or "
+            "docker-compose); compose.yaml is checked by the parser-based tests above instead"
+        )
+    files = ["-f", str(COMPOSE)] + (["-f", str(TEST_OVERRIDE)] if override else [])
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        # The env file reaches the containers too; .env.example stands in for .env here.
+        "AUTOPAY_ENV_FILE": str(ENV_EXAMPLE),
+        "DEBIAN_IMAGE": "debian:12",
+        "ANVIL_BINARY": "/usr/bin/true",
+        "ANVIL_HOST_PORT": "18545",
+    }
+    for command in implementations:
+        result = subprocess.run(
+            [*command, *files, "--env-file", str(ENV_EXAMPLE), "config", "-q"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"{command}: {result.stderr}"
 
 
 # --- .env.example -------------------------------------------------------------------------------
