@@ -1,9 +1,12 @@
-"""A log filter that redacts anything shaped like a private key before it is written."""
+"""Log records as operators read them: secrets redacted, and one line per record as plain
+text, key=value pairs or JSON (LOG_FORMAT), so that a log shipper can parse them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 
 # 32-byte hex strings are private keys *or* hashes/nonces; only redact when named like a key.
 _KEY_PATTERN = re.compile(
@@ -22,3 +25,35 @@ class RedactSecretsFilter(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, str]:
+    fields = {
+        "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname,
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    if record.exc_info:
+        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=INFO logger=autopay.engine msg="job ... completed"`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_quoted(value)}" for key, value in _fields(record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg (and exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_fields(record), ensure_ascii=False)
+
+
+def _quoted(value: str) -> str:
+    if value and not any(char in value for char in ' "=\n\t\\'):
+        return value
+    return json.dumps(value, ensure_ascii=False)

@@ -106,3 +106,25 @@ def test_health_never_shows_secrets(
 
 def test_health_refuses_writes(client: Client) -> None:
     assert client.post("/health").status_code == 405
+
+
+def test_log_lines_parse_as_key_value_and_json() -> None:
+    """LOG_FORMAT=keyvalue|json: one parseable line per record, secrets still redacted."""
+    import json
+    import logging
+    import shlex
+
+    from autopay.logging import JsonFormatter, KeyValueFormatter, RedactSecretsFilter
+
+    record = logging.LogRecord(
+        "autopay.engine", logging.INFO, __file__, 1, "job %s done; private_key=%s", None, None
+    )
+    record.args = ("abc", "0x" + "ab" * 32)
+    RedactSecretsFilter().filter(record)
+    pairs = dict(part.split("=", 1) for part in shlex.split(KeyValueFormatter().format(record)))
+    assert pairs["level"] == "INFO"
+    assert pairs["logger"] == "autopay.engine"
+    assert pairs["msg"] == "job abc done; private_key=[REDACTED]"
+    parsed = json.loads(JsonFormatter().format(record))
+    assert parsed["msg"] == pairs["msg"]
+    assert "\n" not in JsonFormatter().format(record)
