@@ -525,3 +525,49 @@ def test_refused_credentials_are_a_configuration_error_not_the_customers(
         token_address=token_address,
         payments=[Payment.objects.get(pk=job.payment_id)],
     )
+
+
+def test_real_workers_against_a_facilitator_that_misbehaves_charge_each_period_once(
+    remote_facilitator: Any,
+    start_worker: Callable[..., WorkerProcess],
+    paying_subscription: Callable[..., Subscription],
+    token_address: str,
+    w3: Web3,
+    chain_head: int,
+) -> None:
+    """Twelve payments through two workers while the facilitator answers most settles badly
+    after settling: every one is recorded from the chain, once, and no settle is replayed."""
+    url, state = remote_facilitator
+    state.settle_script = [
+        Misbehaviour(status=409, body=b'{"error":"conflict"}'),
+        Misbehaviour(body=b"<html>oops</html>"),
+        Misbehaviour(close=True),
+        Misbehaviour(),
+        Misbehaviour(status=502, body=b"bad gateway"),
+        Misbehaviour(wait_after=1.5),
+    ] * 2
+    start_worker(
+        concurrency=2,
+        extra_env={
+            "X402_FACILITATOR_URL": url,
+            "X402_FACILITATOR_AUTH_HEADER": TOKEN,
+            "X402_FACILITATOR_TIMEOUT_SECONDS": "0.5",
+        },
+    )
+    jobs = [payment_trigger(subscription=paying_subscription(amount="1.25")) for _ in range(12)]
+
+    wait_for(
+        lambda: (
+            not Job.objects.filter(
+                pk__in=[job.pk for job in jobs], status__in=Job.OPEN_STATUSES
+            ).exists()
+        ),
+        timeout=60,
+    )
+
+    finished = Job.objects.filter(pk__in=[job.pk for job in jobs])
+    assert {(job.status, job.error_code) for job in finished} == {(Job.Status.COMPLETED, "")}
+    payments = list(Payment.objects.filter(jobs__in=finished))
+    assert {payment.status for payment in payments} == {Payment.Status.COMPLETED}
+    assert state.settle_requests() == 12
+    _audit(w3, state, since_block=chain_head, token_address=token_address, payments=payments)
