@@ -11,6 +11,7 @@ from django.conf import settings
 from eth_account import Account
 from eth_utils import is_address
 
+from autopay.rails.x402_exact import FACILITATOR_CREDENTIALS_REFUSED
 from jobs.models import Job
 from subscriptions.custody import KeyCustodyError, custody_problem, decrypt_private_key
 from subscriptions.errors import ConfigurationError
@@ -50,6 +51,7 @@ def configuration_problems() -> list[str]:
     for network, token in tokens.items():
         if not is_address(token):
             problems.append(f"token: the token of {network} is not an address")
+    problems.extend(_facilitator_problems())
     waiting = Job.objects.filter(
         status=Job.Status.DELAYED, error_code=ConfigurationError.code
     ).count()
@@ -58,3 +60,21 @@ def configuration_problems() -> list[str]:
             f"jobs: {waiting} job(s) wait for the operator (configuration_error; see their error)"
         )
     return problems
+
+
+def _facilitator_problems() -> list[str]:
+    """The remote facilitator refused our credentials: found by the jobs waiting on it (asking
+    it here would make /health a payment request of its own)."""
+    if not settings.X402_FACILITATOR_URL:
+        return []
+    refused = Job.objects.filter(
+        status=Job.Status.DELAYED,
+        error_code=ConfigurationError.code,
+        error__startswith=FACILITATOR_CREDENTIALS_REFUSED,
+    ).exists()
+    if not refused:
+        return []
+    return [
+        "facilitator: X402_FACILITATOR_URL refused our credentials (HTTP 401/403); check "
+        "X402_FACILITATOR_AUTH_HEADER"
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,8 @@ class _Hooks:
         self.job = job
         self.payment = payment
         self.worker_id = worker_id
+        # Whether this attempt sent /settle to a remote facilitator.
+        self.settle_sent = False
 
     def progress(self, step: Progress) -> None:
         job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=int(step))
@@ -115,6 +118,24 @@ class _Hooks:
         )
         self.payment.transaction_hash = ""
 
+    def settle_requested(self) -> None:
+        """Called before /settle is sent to a remote facilitator, which broadcasts itself: the
+        payment is in flight from now, and the time bounds when another settle may start."""
+        self.progress(Progress.SUBMITTED)
+        now = timezone.now()
+        updated = self._payment_while_held().update(
+            status=Payment.Status.SUBMITTED, submitted_at=now, updated_at=now
+        )
+        if not updated:
+            raise job_services.LeaseLost(f"job {self.job.pk} or its payment moved on")
+        self.settle_sent = True
+
+    def settle_refused(self) -> None:
+        """The facilitator stated it did not settle (or never got the request)."""
+        Payment.objects.filter(
+            pk=self.payment.pk, status=Payment.Status.SUBMITTED, transaction_hash=""
+        ).update(status=Payment.Status.PROCESSING, submitted_at=None, updated_at=timezone.now())
+
 
 def payment_intent(payment: Payment) -> PaymentIntent:
     """What a rail needs of a payment, as plain data (with the nonce derived from it)."""
@@ -136,6 +157,7 @@ def payment_intent(payment: Payment) -> PaymentIntent:
         ),
         search_from_block=payment.search_from_block,
         transaction_hash=payment.transaction_hash,
+        submitted_at=payment.submitted_at.timestamp() if payment.submitted_at else None,
     )
 
 
@@ -215,6 +237,46 @@ def _wait_for_configuration(
         error.message,
         countdown,
     )
+    return Outcome("delayed", retry_in=countdown)
+
+
+def _wait_for_settlement(
+    job: Job,
+    worker_id: str,
+    error: errors.SettlementUnconfirmed,
+    *,
+    settle_sent: bool,
+) -> Outcome:
+    """A settle whose outcome is unknown (its answer lost or garbled) and not yet on chain:
+    the payment stays in flight, never failed while its money may move. The job asks the
+    chain again soon (the rail sends no new settle before the deadline); only the attempt that
+    sent a settle uses up an attempt. A job out of attempts fails and leaves the payment in
+    flight: the recovery sweep reconciles it by the chain."""
+    now = time.time()
+    poll = max(settings.AUTOPAY_RETRY_BACKOFF_SECONDS, (now - error.sent_at) / 2)
+    countdown = max(min(error.deadline - now, poll), 0.0)
+    if settle_sent and job.attempts_made >= job.max_attempts:
+        if not job_services.job_fail(
+            job=job, worker_id=worker_id, code=error.code, message=error.message
+        ):
+            raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+        logger.warning(
+            "job %s failed: %s; payment %s stays in flight for the recovery sweep",
+            job.pk,
+            error.message,
+            job.payment_id,
+        )
+        return Outcome("failed")
+    if not job_services.job_delay(
+        job=job,
+        worker_id=worker_id,
+        countdown=countdown,
+        code=error.code,
+        message=error.message,
+        count_attempt=settle_sent,
+    ):
+        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+    logger.warning("job %s: %s; asking the chain again in %.1fs", job.pk, error.message, countdown)
     return Outcome("delayed", retry_in=countdown)
 
 
@@ -312,6 +374,8 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
         return _wait_for_configuration(job, worker_id, error, error)
     except ImproperlyConfigured as exc:
         return _wait_for_configuration(job, worker_id, errors.ConfigurationError(str(exc)), exc)
+    except errors.SettlementUnconfirmed as error:
+        return _wait_for_settlement(job, worker_id, error, settle_sent=hooks.settle_sent)
     except errors.TransientPaymentError as error:
         return _process_transient(job, payment, worker_id, error, error)
     except errors.PermanentPaymentError as error:

@@ -4,7 +4,8 @@ gave up while its transaction was still pending) by asking the chain."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.utils import timezone
 
@@ -19,12 +20,17 @@ from subscriptions.models import Payment
 
 logger = logging.getLogger(__name__)
 
+# A failed payment's authorization is looked at until this long after its validBefore.
+EXPIRED_AUTHORIZATION_MARGIN_SECONDS = 900
+
 
 def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) -> dict[str, int]:
     """Complete payments the chain says are paid; reopen 'submitted' ones it never saw.
 
-    Candidates: payments left 'submitted' or 'processing' with no job in flight, and failed
-    payments that carry a transaction hash (the transfer may have landed after all).
+    Candidates: payments left 'submitted' or 'processing' with no job in flight, failed
+    payments that carry a transaction hash, and failed payments whose authorization was
+    signed, with no hash (a remote facilitator may have settled it without telling us): the
+    transfer may have landed after all.
     """
     rail = get_rail()
     if rail is None:
@@ -74,7 +80,34 @@ def _candidates(*, older_than_seconds: int, batch_size: int) -> list[Payment]:
         .exclude(pk__in=open_jobs)
         .order_by("updated_at")[: max(batch_size - len(uncertain), 0)]
     )
-    return uncertain + failed_after_broadcast
+    signed_and_failed = _signed_and_failed(
+        now=now,
+        cutoff=cutoff,
+        open_jobs=open_jobs,
+        limit=batch_size - len(uncertain) - len(failed_after_broadcast),
+    )
+    return uncertain + failed_after_broadcast + signed_and_failed
+
+
+def _signed_and_failed(
+    *, now: datetime, cutoff: datetime, open_jobs: Any, limit: int
+) -> list[Payment]:
+    """Failed payments without a hash whose signed authorization could still be, or just
+    have been, used on chain (until its validBefore, plus a margin for the chain's clock): the
+    chain's answer is final after that. Soonest to expire first, so each gets a last look."""
+    if limit <= 0:
+        return []
+    oldest_usable = int(now.timestamp()) - EXPIRED_AUTHORIZATION_MARGIN_SECONDS
+    return list(
+        Payment.objects.filter(
+            updated_at__lt=cutoff,
+            status=Payment.Status.FAILED,
+            transaction_hash="",
+            valid_before__gte=oldest_usable,
+        )
+        .exclude(pk__in=open_jobs)
+        .order_by("valid_before")[:limit]
+    )
 
 
 def _forget_dead_settlement(payment: Payment) -> None:

@@ -339,6 +339,11 @@ RELAYER_LOCK_TIMEOUT_SECONDS = env.float("RELAYER_LOCK_TIMEOUT_SECONDS", default
 X402_FACILITATOR_URL = env.str("X402_FACILITATOR_URL", default="")
 X402_FACILITATOR_AUTH_HEADER = env.str("X402_FACILITATOR_AUTH_HEADER", default="")
 X402_FACILITATOR_TIMEOUT_SECONDS = env.float("X402_FACILITATOR_TIMEOUT_SECONDS", default=30.0)
+# How long after sending /settle the facilitator may still be working on it (our request gave
+# up, it did not): no second /settle of that authorization before then; the chain is asked.
+X402_FACILITATOR_SETTLE_DEADLINE_SECONDS = env.float(
+    "X402_FACILITATOR_SETTLE_DEADLINE_SECONDS", default=120.0
+)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -43,7 +43,9 @@ class RpcUnavailable(TransientPaymentError):
 
 
 class FacilitatorUnavailable(TransientPaymentError):
-    """The facilitator could not be reached, timed out or answered 5xx."""
+    """The facilitator could not be reached, timed out, answered 5xx, or gave an answer that
+    is not one (a body that is not JSON) to a request that moves no money (/verify, or a
+    /settle that never left this machine)."""
 
     code = "facilitator_unavailable"
 
@@ -58,6 +60,21 @@ class SettlementPending(TransientPaymentError):
     """The settlement transaction is broadcast but not yet confirmed."""
 
     code = "settlement_pending"
+
+
+class SettlementUnconfirmed(SettlementPending):
+    """A remote facilitator was asked to settle and gave no usable answer (a timeout, a
+    closed connection, a 4xx or 5xx without a refusal, a body that is not a settle response),
+    and the chain does not show the transfer yet. The payment stays in flight: its job asks
+    the chain again without using up attempts, and no second settle is sent before
+    ``deadline`` (the first may still be running at the facilitator)."""
+
+    code = "settlement_unconfirmed"
+
+    def __init__(self, message: str = "", *, sent_at: float, deadline: float) -> None:
+        super().__init__(message)
+        self.sent_at = sent_at
+        self.deadline = deadline
 
 
 class ConfigurationError(TransientPaymentError):
@@ -148,7 +165,9 @@ class SettlementFailed(PermanentPaymentError):
 
 
 class FacilitatorRejected(PermanentPaymentError):
-    """A remote facilitator refused the payment before settling it."""
+    """A remote facilitator refused the payment before settling it: /verify answered a 4xx
+    (other than 401/403, which are our credentials) or a refusal with a reason we do not
+    classify, or /settle stated such a refusal in a well-formed settle response."""
 
     code = "facilitator_rejected"
 

@@ -37,6 +37,9 @@ class PaymentIntent:
     search_from_block: int | None = None
     # The transaction recorded for it before broadcast by an earlier attempt, if any.
     transaction_hash: str = ""
+    # When its settlement was last submitted (Unix time): the transaction broadcast, or /settle
+    # sent to a remote facilitator, which may still be working on it for a while after.
+    submitted_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class PaymentHooks(Protocol):
     def progress(self, step: Progress) -> None: ...
     def signed_transaction(self, tx_hash: str) -> None: ...
     def unsent_transaction(self, tx_hash: str) -> None: ...
+    def settle_requested(self) -> None:
+        """Before /settle is sent to a remote facilitator: the payment is in flight from now."""
+
+    def settle_refused(self) -> None:
+        """The facilitator stated it did not settle (or never got the request): no longer in
+        flight."""
 
 
 class PaymentRail(Protocol):

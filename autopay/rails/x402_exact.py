@@ -9,7 +9,11 @@ What is ours, and why:
   validAfter a little so clock skew between us and the chain cannot reject it;
 - the relayer (autopay.chain.relayer): shared nonces, EIP-1559 fees, gas estimation;
 - reconciliation: before paying we ask the chain whether the nonce was used and, if so, find
-  the transaction instead of paying again.
+  the transaction instead of paying again;
+- with a remote facilitator, what its /settle answer proves: once /settle is sent only a
+  refusal it states before broadcasting can fail the payment; a lost or garbled answer leaves
+  the payment in flight, the chain decides, and no second /settle is sent before the first
+  one's deadline (X402_FACILITATOR_SETTLE_DEADLINE_SECONDS).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from redis.exceptions import RedisError
 from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
 from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme
 from x402.mechanisms.evm.exact.facilitator import ExactEvmSchemeConfig
-from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from autopay.chain import client as chain
 from autopay.chain.relayer import SettlementContext, get_relayer, settlement_context
@@ -82,6 +86,25 @@ _PERMANENT_CODES: dict[str, str] = {
     "eip6492_factory_not_allowed": "unsupported_payer_wallet",
     "invalid_exact_evm_transfer_event_mismatch": "settlement_mismatch",
 }
+# What a facilitator states before it broadcasts anything (its verify step, which settle
+# repeats): only these, in a well-formed settle response, fail a payment once /settle was sent.
+# transaction_failed, settlement_pending, a transfer event mismatch or an unknown reason may
+# come after a broadcast: the chain decides those.
+_PRE_SETTLEMENT_REASONS = frozenset(
+    {
+        *_PERMANENT_REASONS,
+        *_CONFIGURATION_REASONS,
+        *_SIGNATURE_REASONS,
+        *(set(_PERMANENT_CODES) - {"invalid_exact_evm_transfer_event_mismatch"}),
+        "invalid_exact_evm_nonce_already_used",
+        "invalid_exact_evm_failed_to_get_asset_info",
+        "invalid_exact_evm_failed_to_verify_signature",
+        "unsupported_scheme",
+    }
+)
+# The start of a ConfigurationError's message when the facilitator refuses our credentials
+# (/health names the facilitator by it).
+FACILITATOR_CREDENTIALS_REFUSED = "facilitator refused our credentials"
 
 
 class X402ExactRail:
@@ -97,6 +120,7 @@ class X402ExactRail:
         token_version: str,
         validity_seconds: int,
         remote: bool,
+        settle_deadline_seconds: float = 120.0,
     ) -> None:
         self._facilitator = facilitator
         self._chain_id = chain_id
@@ -105,6 +129,7 @@ class X402ExactRail:
         self._token_version = token_version
         self._validity_seconds = validity_seconds
         self._remote = remote
+        self._settle_deadline_seconds = settle_deadline_seconds
 
     @classmethod
     def from_settings(cls) -> X402ExactRail:
@@ -116,6 +141,11 @@ class X402ExactRail:
             token_version=settings.TOKEN_EIP712_VERSION,
             validity_seconds=settings.AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS,
             remote=bool(settings.X402_FACILITATOR_URL),
+            # A settle cannot be over at the facilitator before our own request gave up on it.
+            settle_deadline_seconds=max(
+                settings.X402_FACILITATOR_SETTLE_DEADLINE_SECONDS,
+                settings.X402_FACILITATOR_TIMEOUT_SECONDS,
+            ),
         )
 
     # --- building blocks ------------------------------------------------------------------
@@ -148,7 +178,29 @@ class X402ExactRail:
     # --- PaymentRail ----------------------------------------------------------------------
 
     def reconcile(self, intent: PaymentIntent) -> Settlement | None:
-        """Ask the chain whether this period was already paid (by a crashed or racing attempt)."""
+        """Ask the chain whether this period was already paid (by a crashed or racing attempt).
+
+        With a remote facilitator, a /settle sent less than the settle deadline ago may still
+        be running there: until the deadline, no new settle may start (SettlementUnconfirmed).
+        """
+        settlement = self._find_on_chain(intent)
+        sent_at = intent.submitted_at
+        if (
+            settlement is None
+            and self._remote
+            and sent_at is not None
+            and time.time() < sent_at + self._settle_deadline_seconds
+        ):
+            raise self._unconfirmed(
+                "a settle sent earlier may still be running at the facilitator; the chain "
+                "does not show it yet",
+                sent_at=sent_at,
+            )
+        return settlement
+
+    def _find_on_chain(self, intent: PaymentIntent) -> Settlement | None:
+        """The period's settlement as the chain shows it, by the derived nonce
+        (authorizationState, then the AuthorizationUsed event), or None."""
         if intent.network != self._network:
             raise errors.UnsupportedNetwork(
                 f"payment is on {intent.network}, this engine pays on {self._network}"
@@ -215,25 +267,104 @@ class X402ExactRail:
                     intent, verified.invalid_reason, verified.invalid_message, context
                 )
             if self._remote:
-                hooks.progress(Progress.SUBMITTED)
+                return self._settle_remotely(intent, payload, requirements, hooks, context)
             settled = self._call("settle", payload, requirements, context)
-        if settled.transaction and self._remote:
-            hooks.signed_transaction(settled.transaction)
         if not settled.success:
             return self._refused(intent, settled.error_reason, settled.error_message, context)
         receipt = chain.transaction_receipt(settled.transaction)
-        if self._remote and (
-            receipt is None
-            or int(receipt["status"]) != 1
-            or not chain.authorization_used(intent.token_address, intent.payer, authorization.nonce)
-        ):
-            # A remote facilitator's word is not proof: the chain must show the transfer.
-            raise errors.SettlementPending(
-                f"facilitator reported {settled.transaction} settled; not yet seen on-chain"
-            )
         hooks.progress(Progress.CONFIRMED)
         block = int(receipt["blockNumber"]) if receipt else None
         return Settlement(transaction_hash=settled.transaction, block_number=block)
+
+    # --- a remote facilitator's /settle -----------------------------------------------------
+
+    def _settle_remotely(
+        self,
+        intent: PaymentIntent,
+        payload: PaymentPayload,
+        requirements: PaymentRequirements,
+        hooks: PaymentHooks,
+        context: SettlementContext,
+    ) -> Settlement:
+        """/settle at a remote facilitator. From the moment it is sent, only a refusal the
+        facilitator states before broadcasting can fail the payment; any other outcome leaves
+        it in flight and the chain decides (``_settlement_in_flight``)."""
+        hooks.settle_requested()
+        sent_at = time.time()
+        try:
+            settled = self._facilitator.settle(payload, requirements)
+        except (errors.PaymentError, SoftTimeLimitExceeded):
+            raise
+        except Exception as exc:
+            response = self._facilitator.last_response
+            not_run = _settle_not_run(exc, response)
+            if not_run is not None:
+                hooks.settle_refused()
+                raise not_run from exc
+            stated = _stated_refusal(response)
+            if stated is None:
+                return self._settlement_in_flight(
+                    intent, f"facilitator settle: {_describe(exc, response)}", sent_at=sent_at
+                )
+            settled = stated
+        if settled.transaction:
+            hooks.signed_transaction(settled.transaction)
+        if settled.success:
+            return self._confirm_remote_settlement(intent, settled.transaction, hooks, sent_at)
+        reason = settled.error_reason or "unknown"
+        if reason in _PRE_SETTLEMENT_REASONS:
+            hooks.settle_refused()
+            return self._refused(intent, reason, settled.error_message, context)
+        detail = f"facilitator settle answered {reason}" + (
+            f": {settled.error_message[:200]}" if settled.error_message else ""
+        )
+        return self._settlement_in_flight(
+            intent, detail, sent_at=sent_at, tx_hash=settled.transaction
+        )
+
+    def _confirm_remote_settlement(
+        self, intent: PaymentIntent, tx_hash: str, hooks: PaymentHooks, sent_at: float
+    ) -> Settlement:
+        """A remote facilitator's word is not proof: the chain must show the transfer."""
+        receipt = chain.transaction_receipt(tx_hash) if tx_hash else None
+        if (
+            receipt is not None
+            and int(receipt["status"]) == 1
+            and chain.authorization_used(intent.token_address, intent.payer, intent.nonce)
+        ):
+            hooks.progress(Progress.CONFIRMED)
+            return Settlement(transaction_hash=tx_hash, block_number=int(receipt["blockNumber"]))
+        return self._settlement_in_flight(
+            intent,
+            f"facilitator reported {tx_hash or 'no transaction'} settled; not yet seen on-chain",
+            sent_at=sent_at,
+            tx_hash=tx_hash,
+        )
+
+    def _settlement_in_flight(
+        self, intent: PaymentIntent, detail: str, *, sent_at: float, tx_hash: str = ""
+    ) -> Settlement:
+        """/settle was sent and its answer settles nothing: ask the chain by the derived nonce
+        and return what it shows; otherwise the payment stays in flight."""
+        settlement = self._find_on_chain(intent)
+        if settlement is not None:
+            return settlement
+        if tx_hash:
+            receipt = chain.transaction_receipt(tx_hash)
+            if receipt is None and chain.transaction_known(tx_hash):
+                raise errors.SettlementPending(f"{detail}; {tx_hash} is pending")
+            if receipt is not None and int(receipt["status"]) != 1:
+                raise errors.SettlementReverted(f"{detail}; {tx_hash} reverted")
+        raise self._unconfirmed(detail, sent_at=sent_at)
+
+    def _unconfirmed(self, detail: str, *, sent_at: float) -> errors.SettlementUnconfirmed:
+        deadline = sent_at + self._settle_deadline_seconds
+        return errors.SettlementUnconfirmed(
+            f"{detail}; no other settle before {time.strftime('%H:%M:%S', time.gmtime(deadline))}"
+            " UTC",
+            sent_at=sent_at,
+            deadline=deadline,
+        )
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -255,13 +386,13 @@ class X402ExactRail:
     ) -> Any:
         try:
             return getattr(self._facilitator, method)(payload, requirements)
-        except errors.PaymentError:
+        except (errors.PaymentError, SoftTimeLimitExceeded):
             raise
         except Exception as exc:
             if context.transport_error is not None or chain.is_transport_error(exc):
                 raise errors.RpcUnavailable(f"chain RPC unavailable during {method}") from exc
             if self._remote:
-                raise _facilitator_error(method, exc) from exc
+                raise _facilitator_error(method, exc, self._facilitator.last_response) from exc
             raise
 
     def _refused(
@@ -288,7 +419,7 @@ class X402ExactRail:
             raise errors.RpcUnavailable(f"chain RPC unavailable ({reason})")
         # Whatever the reason, the period may already be paid (a racing attempt won, or our
         # own broadcast landed): the chain decides before anything is called a failure.
-        settlement = self.reconcile(intent)
+        settlement = self._find_on_chain(intent)
         if settlement is not None:
             return settlement
         if context.sent_hashes:
@@ -324,20 +455,67 @@ class X402ExactRail:
         raise errors.FacilitatorRejected(detail)
 
 
-def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:
-    text = str(exc)
-    if "failed (401" in text or "failed (403" in text:
-        # Our credentials, not the customer's payment (X402_FACILITATOR_AUTH_HEADER).
-        return errors.ConfigurationError(
-            f"facilitator {method} refused our credentials: {text[:200]}"
-        )
-    if "failed (5" in text or "failed (429" in text or "failed (408" in text:
-        return errors.FacilitatorUnavailable(f"facilitator {method} answered {text[:200]}")
-    if isinstance(exc, httpx.HTTPError):
+def _facilitator_error(
+    method: str, exc: Exception, response: httpx.Response | None
+) -> errors.PaymentError:
+    """The error of a facilitator request that moves no money (/verify) and failed."""
+    status = response.status_code if response is not None else None
+    if status in (401, 403):
+        return _credentials_refused(method, status)
+    if isinstance(exc, httpx.HTTPError) or status is None:
         return errors.FacilitatorUnavailable(
-            f"facilitator {method} unreachable: {type(exc).__name__}"
+            f"facilitator {method} unreachable: {_describe(exc, response)}"
         )
-    return errors.FacilitatorRejected(f"facilitator {method} refused: {text[:300]}")
+    if status == 200 or status >= 500 or status in (408, 425, 429):
+        # Overloaded, or an answer that is not one (a proxy's page): it may work next time.
+        return errors.FacilitatorUnavailable(
+            f"facilitator {method} answered {_describe(exc, response)}"
+        )
+    return errors.FacilitatorRejected(f"facilitator {method} refused: {_describe(exc, response)}")
+
+
+def _credentials_refused(method: str, status: int) -> errors.ConfigurationError:
+    # Our credentials, not the customer's payment: the job waits for the operator.
+    return errors.ConfigurationError(
+        f"{FACILITATOR_CREDENTIALS_REFUSED} (HTTP {status} to /{method}); check "
+        "X402_FACILITATOR_AUTH_HEADER"
+    )
+
+
+def _settle_not_run(exc: Exception, response: httpx.Response | None) -> errors.PaymentError | None:
+    """The error of a /settle the facilitator surely did not run, or None when it may have:
+    the connection was never made, or it refused our credentials (it checks them first)."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return errors.FacilitatorUnavailable(
+            f"facilitator settle unreachable: {type(exc).__name__}"
+        )
+    if response is not None and response.status_code in (401, 403):
+        return _credentials_refused("settle", response.status_code)
+    return None
+
+
+def _stated_refusal(response: httpx.Response | None) -> SettleResponse | None:
+    """A refusal the facilitator stated in a well-formed settle response sent with a status
+    other than 200 (facilitators answer refusals with 400 and the response as the body)."""
+    if response is None:
+        return None
+    try:
+        answer = SettleResponse.model_validate_json(response.content)
+    except (httpx.StreamError, ValueError):
+        return None
+    return None if answer.success else answer
+
+
+def _describe(exc: Exception, response: httpx.Response | None) -> str:
+    """A short account of a failed request: its status and the start of the body, or the
+    exception's type (never a header: ours carry the credentials)."""
+    if response is None or isinstance(exc, httpx.TransportError):
+        return type(exc).__name__
+    try:
+        body = " ".join(response.text.split())
+    except httpx.StreamError:
+        body = ""
+    return f"HTTP {response.status_code}" + (f" {body[:160]}" if body else "")
 
 
 class _InProcessFacilitator:
@@ -357,24 +535,50 @@ class _InProcessFacilitator:
         return self._scheme.settle(payload, requirements)
 
 
+class _HeaderAuth:
+    def __init__(self, value: str) -> None:
+        self._headers = {"Authorization": value}
+
+    def get_auth_headers(self) -> AuthHeaders:
+        return AuthHeaders(verify=self._headers, settle=self._headers, supported=self._headers)
+
+
+class _RemoteFacilitator:
+    """The SDK's HTTP facilitator client on an httpx client of ours that keeps the last
+    answer: for any status but 200 the SDK raises a bare ValueError, and what a /settle answer
+    proves depends on its status and body."""
+
+    def __init__(self, *, url: str, timeout: float, auth_header: str) -> None:
+        self.last_response: httpx.Response | None = None
+        http = httpx.Client(
+            timeout=timeout, follow_redirects=True, event_hooks={"response": [self._remember]}
+        )
+        self._client = HTTPFacilitatorClientSync(
+            FacilitatorConfig(
+                url=url,
+                timeout=timeout,
+                auth_provider=_HeaderAuth(auth_header) if auth_header else None,
+                http_client=http,
+            )
+        )
+
+    def _remember(self, response: httpx.Response) -> None:
+        self.last_response = response
+
+    def verify(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+        self.last_response = None
+        return self._client.verify(payload, requirements)
+
+    def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+        self.last_response = None
+        return self._client.settle(payload, requirements)
+
+
 def _facilitator_from_settings() -> Any:
     if settings.X402_FACILITATOR_URL:
-
-        class _HeaderAuth:
-            def __init__(self, value: str) -> None:
-                self._headers = {"Authorization": value}
-
-            def get_auth_headers(self) -> AuthHeaders:
-                return AuthHeaders(
-                    verify=self._headers, settle=self._headers, supported=self._headers
-                )
-
-        header = settings.X402_FACILITATOR_AUTH_HEADER
-        return HTTPFacilitatorClientSync(
-            FacilitatorConfig(
-                url=settings.X402_FACILITATOR_URL,
-                timeout=settings.X402_FACILITATOR_TIMEOUT_SECONDS,
-                auth_provider=_HeaderAuth(header) if header else None,
-            )
+        return _RemoteFacilitator(
+            url=settings.X402_FACILITATOR_URL,
+            timeout=settings.X402_FACILITATOR_TIMEOUT_SECONDS,
+            auth_header=settings.X402_FACILITATOR_AUTH_HEADER,
         )
     return _InProcessFacilitator()
