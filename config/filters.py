@@ -18,3 +18,25 @@ class IdFilter(filters.NumberFilter):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", BIGINT_MAX)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class AmountFilter(filters.NumberFilter):
+    """An exact decimal bound on an amount (``amount_min=9.99``); not a number answers 400."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("min_value", 0)
+        kwargs.setdefault("max_digits", 60)
+        kwargs.setdefault("decimal_places", 18)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def time_range(field_name: str, label: str) -> tuple[filters.IsoDateTimeFilter, ...]:
+    """``<label>_after`` / ``<label>_before`` (ISO 8601, inclusive) filters on a time column."""
+    return (
+        filters.IsoDateTimeFilter(
+            field_name=field_name, lookup_expr="gte", help_text=f"{label} at or after (ISO 8601)."
+        ),
+        filters.IsoDateTimeFilter(
+            field_name=field_name, lookup_expr="lte", help_text=f"{label} at or before (ISO 8601)."
+        ),
+    )
