@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "axes",
+    "config.idempotency",
     "subscriptions",
     "jobs",
     "autopay",
@@ -71,6 +72,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # POSTs under /api/ with an Idempotency-Key run once; repeats get the first answer.
+    "config.idempotency.middleware.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns an admin (or API password) login lockout into its answer.
     "axes.middleware.AxesMiddleware",
@@ -184,6 +187,8 @@ REST_FRAMEWORK = {
     # OPTIONS never fails, even on views without a serializer.
     "DEFAULT_METADATA_CLASS": "config.middleware.ApiMetadata",
 }
+# How long the answer to a POST with an Idempotency-Key is kept (and replayed) per user and key.
+API_IDEMPOTENCY_TTL_HOURS = env.float("API_IDEMPOTENCY_TTL_HOURS", default=24.0)
 # API tokens: stored as SHA-512 digests, shown once; 0 hours = tokens never expire.
 API_TOKEN_TTL_HOURS = env.float("API_TOKEN_TTL_HOURS", default=720.0)
 REST_KNOX = {

@@ -198,3 +198,13 @@ def test_admin_filters_search_and_csv_action(
         )
     )
     assert [row["job_id"] for row in jobs] == [str(data["job"].pk)]
+
+
+def test_times_are_compared_in_utc(api: APIClient, data: dict[str, Any]) -> None:
+    """An offset PostgreSQL refuses (beyond ±15:59) is converted, not a 500; a time that does
+    not exist in UTC is a 400."""
+    for suffix in ("", "&format=csv"):
+        ok = api.get("/api/payments/?created_before=2000-01-01T00:00:00%2B16:00" + suffix)
+        assert ok.status_code == 200, ok.content
+        bad = api.get("/api/jobs/?created_after=0001-01-01T00:00:00%2B01:00" + suffix)
+        assert bad.status_code == 400, bad.content
