@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "axes",
     "config.idempotency",
     "subscriptions",
+    "subscriptions.webhooks",
     "jobs",
     "autopay",
 ]
@@ -221,6 +222,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookDeliveryStatusEnum": "subscriptions.webhooks.models.WebhookDelivery.Status",
+    },
 }
 
 # --- Redis and Celery -----------------------------------------------------------------------
@@ -312,6 +316,25 @@ AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
 # Periods owed because the engine was down are charged oldest first, at most this many per
 # subscription; older ones are waived (recorded, never charged).
 AUTOPAY_MAX_MISSED_PERIODS = env.int("AUTOPAY_MAX_MISSED_PERIODS", default=3)
+
+# --- Outbound webhooks (Standard Webhooks) -------------------------------------------------
+# Development only: lets endpoints resolve to loopback/private/link-local addresses and use
+# plain http. Off in production: a webhook URL must never reach the service's own network.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False)
+# Each attempt's whole request (connect, send, answer) must finish within this.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# Retries: base * 2^(n-1) seconds, capped, with jitter, for this many hours; then given up.
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5.0)
+WEBHOOK_RETRY_MAX_DELAY_SECONDS = env.float("WEBHOOK_RETRY_MAX_DELAY_SECONDS", default=6 * 3600.0)
+WEBHOOK_RETRY_WINDOW_HOURS = env.float("WEBHOOK_RETRY_WINDOW_HOURS", default=72.0)
+# An endpoint failing (no success) for this long is disabled; its events are kept.
+WEBHOOK_DISABLE_AFTER_HOURS = env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=72.0)
+# After a secret is rotated the old one still signs (a second signature) for this long.
+WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env.float("WEBHOOK_SECRET_ROTATION_GRACE_HOURS", default=24.0)
+# Beat interval of the dispatcher that sends due retries and republishes lost messages.
+WEBHOOK_DISPATCH_INTERVAL_SECONDS = env.int("WEBHOOK_DISPATCH_INTERVAL_SECONDS", default=15)
+# Events (with their delivery log) older than this are deleted, unless still being delivered.
+WEBHOOK_EVENT_RETENTION_DAYS = env.int("WEBHOOK_EVENT_RETENTION_DAYS", default=30)
 
 # --- Chain ----------------------------------------------------------------------------------
 CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="http://127.0.0.1:8545")
