@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "axes",
+    "auditlog",
     "config.idempotency",
     "subscriptions",
     "subscriptions.webhooks",
@@ -72,6 +73,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changed what (django-auditlog, config/audit.py): the actor of every audited change.
+    "config.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # POSTs under /api/ with an Idempotency-Key run once; repeats get the first answer.
     "config.idempotency.middleware.IdempotencyMiddleware",
@@ -157,6 +160,30 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # Largest request body (bytes); a larger one answers 413 under /api/. API bodies are tiny.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+
+# --- Audit log (django-auditlog; what and why in config/audit.py) ---------------------------
+# Changes by people (admin, dashboard, API, management commands) to these models are
+# recorded, append-only, with the fields before and after; secrets are never part of them.
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {"model": "subscriptions.subscription"},
+    {"model": "subscriptions.payment"},
+    {"model": "subscriptions.payerwallet", "exclude_fields": ["encrypted_private_key"]},
+    {"model": "jobs.job"},
+    {
+        "model": "webhooks.webhookendpoint",
+        "exclude_fields": ["encrypted_secret", "previous_encrypted_secret"],
+    },
+    {"model": "django_celery_beat.periodictask"},
+    {"model": "django_celery_beat.intervalschedule"},
+    {"model": "django_celery_beat.crontabschedule"},
+    {"model": "django_celery_beat.clockedschedule"},
+    {"model": "django_celery_beat.solarschedule"},
+    {"model": "auth.user", "exclude_fields": ["password", "last_login"]},
+    {"model": "auth.group"},
+    {"model": "knox.authtoken", "exclude_fields": ["digest"]},
+)
+AUDITLOG_DISABLE_REMOTE_ADDR = False
+AUDITLOG_STORE_JSON_CHANGES = True
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {

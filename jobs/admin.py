@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from config.admin_filters import RangeListFilter
+from config.admin_log import admin_log_action
 from config.export import queryset_csv
 from jobs import services
 from jobs.exports import JOB_CSV_COLUMNS
@@ -72,8 +73,11 @@ class JobAdmin(admin.ModelAdmin):
         retried = 0
         for job in queryset.order_by("created_at"):
             try:
-                services.job_retry(job=job)
+                new_job = services.job_retry(job=job)
                 retried += 1
+                admin_log_action(
+                    user=request.user, objects=[job], message=f"Retried as job {new_job.pk}."
+                )
             except (services.JobNotRetryable, services.JobAlreadyOpen) as exc:
                 self.message_user(request, f"{job.pk}: {exc}", messages.WARNING)
         self.message_user(request, f"{retried} job(s) queued for retry.", messages.SUCCESS)

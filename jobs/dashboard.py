@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.views.decorators.http import require_POST
 
+from config.admin_log import admin_log_action
 from jobs import analytics, selectors, services
 
 DASHBOARD_DAYS = 14
@@ -93,6 +94,12 @@ def dashboard_retry_view(request: HttpRequest, job_id: UUID, *, admin_site: Admi
         messages.error(request, f"Job {job.pk} was not retried: {exc}")
     else:
         messages.success(request, f"Job {job.pk} retried as job {new_job.pk}.")
+        # "Recent actions" and the job's history name who retried it.
+        admin_log_action(
+            user=request.user,
+            objects=[job],
+            message=f"Retried from the dashboard as job {new_job.pk}.",
+        )
     return HttpResponseRedirect(reverse(f"{admin_site.name}:autopay-dashboard"))
 
 

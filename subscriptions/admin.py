@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from config.admin_filters import RangeListFilter
+from config.admin_log import admin_log_action
 from config.export import queryset_csv
 from subscriptions import services, validators
 from subscriptions.exports import PAYMENT_CSV_COLUMNS
@@ -197,6 +198,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
             try:
                 service(subscription=subscription)
                 done += 1
+                admin_log_action(
+                    user=request.user, objects=[subscription], message=f"{verb.capitalize()}."
+                )
             except services.SubscriptionStateError as exc:
                 self.message_user(request, f"#{subscription.pk}: {exc}", messages.WARNING)
         self.message_user(request, f"{done} subscription(s) {verb}.", messages.SUCCESS)

@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from config.admin_log import admin_log_action
 from config.errors import ServiceError
 from subscriptions.webhooks import services
 from subscriptions.webhooks.models import (
@@ -70,12 +71,14 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     def enable_selected(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
         for endpoint in queryset:
             services.webhook_endpoint_update(endpoint=endpoint, enabled=True)
+        admin_log_action(user=request.user, objects=queryset, message="Enabled.")
         self.message_user(request, f"{queryset.count()} endpoint(s) enabled.", messages.SUCCESS)
 
     @admin.action(description="Disable selected endpoints")
     def disable_selected(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
         for endpoint in queryset:
             services.webhook_endpoint_update(endpoint=endpoint, enabled=False)
+        admin_log_action(user=request.user, objects=queryset, message="Disabled.")
         self.message_user(request, f"{queryset.count()} endpoint(s) disabled.", messages.SUCCESS)
 
 
@@ -133,6 +136,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             try:
                 services.webhook_delivery_resend(delivery=delivery)
                 resent += 1
+                admin_log_action(user=request.user, objects=[delivery], message="Resent.")
             except ServiceError as exc:
                 self.message_user(request, f"#{delivery.pk}: {exc.message}", messages.WARNING)
         self.message_user(request, f"{resent} delivery(ies) queued again.", messages.SUCCESS)
