@@ -344,6 +344,12 @@ AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
 # subscription; older ones are waived (recorded, never charged).
 AUTOPAY_MAX_MISSED_PERIODS = env.int("AUTOPAY_MAX_MISSED_PERIODS", default=3)
 
+# Dashboard and Prometheus alerts: the share of jobs finished in the last hour that failed
+# (judged once at least AUTOPAY_ALERT_MIN_FINISHED_JOBS finished), and the oldest waiting job.
+AUTOPAY_ALERT_FAILURE_RATE = env.float("AUTOPAY_ALERT_FAILURE_RATE", default=0.2)
+AUTOPAY_ALERT_MIN_FINISHED_JOBS = env.int("AUTOPAY_ALERT_MIN_FINISHED_JOBS", default=10)
+AUTOPAY_ALERT_QUEUE_AGE_SECONDS = env.float("AUTOPAY_ALERT_QUEUE_AGE_SECONDS", default=600.0)
+
 # --- Outbound webhooks (Standard Webhooks) -------------------------------------------------
 # Development only: lets endpoints resolve to loopback/private/link-local addresses and use
 # plain http. Off in production: a webhook URL must never reach the service's own network.

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 
 from config.admin_log import admin_log_action
 from jobs import analytics, selectors, services
+from jobs.alerts import alerts_evaluate
 
 DASHBOARD_DAYS = 14
 FAILURES_SHOWN = 20
@@ -69,6 +70,7 @@ def dashboard_view(request: HttpRequest, *, admin_site: AdminSite) -> HttpRespon
         **admin_site.each_context(request),
         "title": "Auto-pay dashboard",
         "stats": stats,
+        "alerts": alerts_evaluate(stats=stats) if request.user.is_staff else [],
         "status_counts": list(stats["counts"].items()),
         "oldest_waiting_age": format_age(stats["oldestWaitingAgeSeconds"]),
         "failure_rates": failure_rates,
