@@ -23,7 +23,11 @@ from django.utils import timezone
 
 from config.celery import app
 from config.errors import ServiceError
-from subscriptions.custody import decrypt_private_key, encrypt_private_key
+from subscriptions.custody import (
+    decrypt_private_key,
+    encrypt_private_key,
+    reencrypt_private_key,
+)
 from subscriptions.webhooks.models import (
     EventType,
     WebhookAttempt,
@@ -406,20 +410,20 @@ def webhook_events_purge(*, older_than_days: int) -> int:
 
 
 def webhook_secrets_reencrypt() -> int:
-    """Re-encrypt every endpoint's secrets with the newest AUTOPAY_KEY_ENCRYPTION_KEYS key
-    (``autopay_rotate_wallet_keys`` runs it too)."""
+    """Re-encrypt every endpoint's signing secrets with the newest AUTOPAY_KEY_ENCRYPTION_KEYS
+    key (``autopay_rotate_wallet_keys`` runs it after the wallets); returns how many endpoints
+    changed. Raises KeyCustodyError for a secret no configured key decrypts."""
     changed = 0
-    for endpoint in WebhookEndpoint.objects.only(
-        "pk", "encrypted_secret", "previous_encrypted_secret"
-    ):
-        current = encrypt_private_key(decrypt_private_key(endpoint.encrypted_secret))
-        previous = (
-            encrypt_private_key(decrypt_private_key(endpoint.previous_encrypted_secret))
-            if endpoint.previous_encrypted_secret
-            else ""
-        )
-        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
-            encrypted_secret=current, previous_encrypted_secret=previous
-        )
-        changed += 1
+    for endpoint_id in WebhookEndpoint.objects.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint_id)
+            updates = {}
+            for field in ("encrypted_secret", "previous_encrypted_secret"):
+                token = getattr(endpoint, field)
+                rotated = reencrypt_private_key(token) if token else None
+                if rotated is not None:
+                    updates[field] = rotated
+            if updates:
+                WebhookEndpoint.objects.filter(pk=endpoint_id).update(**updates)
+                changed += 1
     return changed

@@ -4,12 +4,15 @@ with the ``standardwebhooks`` package, through real Celery workers where deliver
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -29,7 +32,11 @@ from subscriptions.webhooks.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from subscriptions.webhooks.services import webhook_retry_delay
+from subscriptions.webhooks.services import (
+    webhook_endpoint_create,
+    webhook_endpoint_secrets,
+    webhook_retry_delay,
+)
 from tests.conftest import wait_for
 from tests.factories import PayerWalletFactory, SubscriptionFactory, failed_job
 from tests.integrations.receiver import Receiver
@@ -352,3 +359,17 @@ def test_retry_delays_grow_exponentially_with_jitter(settings: Any) -> None:
         delays = {webhook_retry_delay(attempts=attempts) for _ in range(50)}
         assert all(full / 2 <= delay <= full for delay in delays)
         assert len(delays) > 1
+
+
+def test_key_rotation_reencrypts_webhook_secrets(settings: Any, user: Any) -> None:
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.AUTOPAY_KEY_ENCRYPTION_KEY = ""
+    settings.AUTOPAY_KEY_ENCRYPTION_KEYS = [old_key]
+    endpoint, secret = webhook_endpoint_create(owner=user, url="https://93.184.215.14/hooks")
+    settings.AUTOPAY_KEY_ENCRYPTION_KEYS = [new_key, old_key]
+    out = io.StringIO()
+    call_command("autopay_rotate_wallet_keys", "--no-progress", stdout=out)
+    assert "1 webhook endpoint(s) re-encrypted" in out.getvalue()
+    settings.AUTOPAY_KEY_ENCRYPTION_KEYS = [new_key]
+    endpoint.refresh_from_db()
+    assert webhook_endpoint_secrets(endpoint=endpoint, now=timezone.now()) == [secret]
