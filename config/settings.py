@@ -251,6 +251,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "WebhookDeliveryStatusEnum": "subscriptions.webhooks.models.WebhookDelivery.Status",
+        "WebhookEventTypeEnum": "subscriptions.webhooks.models.EventType",
     },
 }
 

@@ -6,8 +6,15 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.utils import (
+    OpenApiCallback,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,6 +31,36 @@ from subscriptions.webhooks.api.serializers import (
     WebhookEndpointWithSecretSerializer,
 )
 from subscriptions.webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
+
+# What the endpoint receives (an OpenAPI callback on the creation that registers it).
+WEBHOOK_EVENT_CALLBACK = OpenApiCallback(
+    "event",
+    "{$request.body#/url}",
+    extend_schema(
+        summary="An event, sent to the endpoint (Standard Webhooks)",
+        description=(
+            "Headers: `webhook-id` (the event's id, `evt_…`, the same on every retry), "
+            "`webhook-timestamp` (this attempt's time, Unix seconds) and `webhook-signature` "
+            "(`v1,<base64>`; two, space-separated, during a secret rotation): HMAC-SHA256 with "
+            "the secret over `{webhook-id}.{webhook-timestamp}.{raw body}`. Verify it before "
+            "trusting the body. Any 2xx acknowledges the event; otherwise it is retried with "
+            "backoff for 3 days with the same `webhook-id`."
+        ),
+        request=inline_serializer(
+            "WebhookEventPayload",
+            fields={
+                "id": serializers.CharField(help_text="evt_…, as webhook-id."),
+                "type": serializers.ChoiceField(choices=EventType.choices),
+                "timestamp": serializers.DateTimeField(help_text="When the event happened."),
+                "data": serializers.JSONField(
+                    help_text="The object as the API shows it: a Payment (payment.*), a "
+                    "Subscription (subscription.*) or a JobStatus (job.failed)."
+                ),
+            },
+        ),
+        responses={200: OpenApiResponse(description="Any 2xx: received.")},
+    ),
+)
 
 
 class WebhookEndpointViewSet(
@@ -46,6 +83,7 @@ class WebhookEndpointViewSet(
     @extend_schema(
         request=WebhookEndpointInputSerializer,
         responses={201: WebhookEndpointWithSecretSerializer},
+        callbacks=[WEBHOOK_EVENT_CALLBACK],
     )
     def create(self, request: Request) -> Response:
         """Register an endpoint; the answer holds its signing secret, shown only this once."""
