@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
 from django.db import connection, connections
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
@@ -31,8 +31,10 @@ def _ensure_periodic_tasks(sender: Any, app_config: Any = None, **kwargs: Any) -
 
 @worker_init.connect
 @worker_process_init.connect
+@beat_init.connect
 def _no_audit_in_workers(**kwargs: Any) -> None:
-    """The engine's writes are its own record (payments, jobs), not an operator's action."""
+    """The engine's writes (payments, jobs, beat's run counts) are its own record, not an
+    operator's action."""
     audit_off()
 
 

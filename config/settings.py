@@ -173,7 +173,11 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
         "model": "webhooks.webhookendpoint",
         "exclude_fields": ["encrypted_secret", "previous_encrypted_secret"],
     },
-    {"model": "django_celery_beat.periodictask"},
+    # Beat's own bookkeeping on every run is not an edit.
+    {
+        "model": "django_celery_beat.periodictask",
+        "exclude_fields": ["last_run_at", "total_run_count", "date_changed"],
+    },
     {"model": "django_celery_beat.intervalschedule"},
     {"model": "django_celery_beat.crontabschedule"},
     {"model": "django_celery_beat.clockedschedule"},

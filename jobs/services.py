@@ -245,7 +245,7 @@ def _job_failed_event(job_id: Any) -> None:
     webhook_event_record(
         owner_id=failed.subscription.owner_id,
         type=EventType.JOB_FAILED,
-        data=dict(JobStatusSerializer(failed).data),
+        data=lambda: dict(JobStatusSerializer(failed).data),
     )
 
 

@@ -28,7 +28,7 @@ def subscription_data(subscription: Subscription) -> dict[str, Any]:
 
 def payment_event_record(*, payment: Payment, owner_id: Any, type: str) -> None:
     """Within the transaction that changed ``payment``."""
-    webhook_event_record(owner_id=owner_id, type=type, data=payment_data(payment))
+    webhook_event_record(owner_id=owner_id, type=type, data=lambda: payment_data(payment))
 
 
 def subscription_status_event_record(*, subscription: Subscription, previous_status: str) -> None:
@@ -39,7 +39,9 @@ def subscription_status_event_record(*, subscription: Subscription, previous_sta
     event_type = SUBSCRIPTION_STATUS_EVENTS.get(Subscription.Status(subscription.status))
     if event_type is not None:
         webhook_event_record(
-            owner_id=subscription.owner_id, type=event_type, data=subscription_data(subscription)
+            owner_id=subscription.owner_id,
+            type=event_type,
+            data=lambda: subscription_data(subscription),
         )
 
 

@@ -12,7 +12,7 @@ import base64
 import logging
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -144,7 +144,11 @@ def webhook_endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> tuple[Webhoo
 # --- events: the outbox ------------------------------------------------------------------------
 
 
-def webhook_event_record(*, owner_id: Any, type: str, data: dict[str, Any]) -> WebhookEvent | None:
+# An event's object, or a function that makes it (called only if somebody will be told).
+EventData = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+def webhook_event_record(*, owner_id: Any, type: str, data: EventData) -> WebhookEvent | None:
     """Record an event of ``owner_id``'s and a delivery for each of their enabled endpoints
     that wants it; the deliveries are queued after the caller's transaction commits.
 
@@ -155,9 +159,7 @@ def webhook_event_record(*, owner_id: Any, type: str, data: dict[str, Any]) -> W
     return recorded[0] if recorded else None
 
 
-def webhook_events_record(
-    *, events: Iterable[tuple[Any, str, dict[str, Any]]]
-) -> list[WebhookEvent]:
+def webhook_events_record(*, events: Iterable[tuple[Any, str, EventData]]) -> list[WebhookEvent]:
     """``webhook_event_record`` for many events in a few statements (the scan's waived
     periods)."""
     wanted = list(events)
@@ -171,7 +173,7 @@ def webhook_events_record(
     ):
         endpoints.setdefault(endpoint.owner_id, []).append(endpoint)
     rows = [
-        WebhookEvent(owner_id=owner_id, type=type_, data=data)
+        WebhookEvent(owner_id=owner_id, type=type_, data=data() if callable(data) else data)
         for owner_id, type_, data in wanted
         if owner_id in endpoints
     ]

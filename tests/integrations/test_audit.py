@@ -197,3 +197,14 @@ def test_the_engine_in_a_worker_is_not_audited(
     assert payment.status == Payment.Status.FAILED
     assert Subscription.objects.get(pk=subscription.pk).status == Subscription.Status.PAST_DUE
     assert not LogEntry.objects.filter(pk__gt=before).exists()
+
+
+def test_beat_run_bookkeeping_is_not_an_edit(db: Any) -> None:
+    """Beat saves every task's run count and time after each run: not an operator's change."""
+    sync_periodic_tasks()
+    task = PeriodicTask.objects.get(name="autopay: recover stalled jobs")
+    before = _entries(task).count()
+    task.total_run_count += 1
+    task.last_run_at = task.date_changed
+    task.save()
+    assert _entries(task).count() == before
