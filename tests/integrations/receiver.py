@@ -25,7 +25,8 @@ class Received:
 class Receiver:
     port: int
     secret: str = ""
-    # How to answer: "ok", "error" (503), or "slow" (answer after slow_seconds).
+    # How to answer: "ok", "error" (503), "redirect" (307 elsewhere) or "slow" (answer after
+    # slow_seconds).
     mode: str = "ok"
     slow_seconds: float = 2.0
     # Answer slowly only to the first request of each webhook id (forces a timed-out
@@ -67,6 +68,11 @@ class Receiver:
                     )
                 if receiver.mode == "slow" or (receiver.slow_once and first_time):
                     time.sleep(receiver.slow_seconds)
+                if receiver.mode == "redirect":
+                    self.send_response(307)
+                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+                    self.end_headers()
+                    return
                 status = 503 if receiver.mode == "error" else 200
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -373,3 +373,18 @@ def test_key_rotation_reencrypts_webhook_secrets(settings: Any, user: Any) -> No
     settings.AUTOPAY_KEY_ENCRYPTION_KEYS = [new_key]
     endpoint.refresh_from_db()
     assert webhook_endpoint_secrets(endpoint=endpoint, now=timezone.now()) == [secret]
+
+
+def test_redirects_are_not_followed(
+    fast_webhooks: Any, user: Any, api: APIClient, receiver: Receiver
+) -> None:
+    created = _register(api, receiver.url)
+    receiver.secret = created["secret"]
+    receiver.mode = "redirect"
+    receiver.start()
+    services.subscription_cancel(subscription=_subscription(user))
+    delivery = WebhookDelivery.objects.get()
+    assert sender.webhook_deliver(delivery_id=delivery.pk).status == "retrying"
+    delivery.refresh_from_db()
+    assert (delivery.last_status_code, delivery.last_error) == (307, "HTTP 307")
+    assert len(receiver.received) == 1
