@@ -344,7 +344,7 @@ def test_endpoints_and_logs_belong_to_their_owner(
     created = _register(api, receiver.url, event_types=["job.failed"], description="ops")
     assert created["event_types"] == ["job.failed"]
     assert other_api.get(f"/api/webhook-endpoints/{created['id']}/").status_code == 404
-    assert other_api.get(f"/api/webhook-endpoints/{created['id']}/deliveries/").json()["count"] == 0
+    assert other_api.get(f"/api/webhook-endpoints/{created['id']}/deliveries/").status_code == 404
     assert other_api.delete(f"/api/webhook-endpoints/{created['id']}/").status_code == 404
     failed_job(_subscription(user))  # a factory, not a service: no event
     assert api.get("/api/webhook-endpoints/").json()["count"] == 1

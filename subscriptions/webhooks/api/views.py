@@ -16,6 +16,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -154,9 +155,15 @@ class WebhookDeliveryViewSet(
     def get_queryset(self) -> QuerySet[WebhookDelivery]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
             return WebhookDelivery.objects.none()
-        queryset = selectors.webhook_delivery_list(
-            user=self.request.user, endpoint_id=int(self.kwargs["endpoint_pk"])
-        )
+        endpoint_id = int(self.kwargs["endpoint_pk"])
+        # Another user's endpoint, or none: 404, as for the endpoint itself.
+        if (
+            not selectors.webhook_endpoint_list(user=self.request.user)
+            .filter(pk=endpoint_id)
+            .exists()
+        ):
+            raise NotFound("Webhook endpoint not found.")
+        queryset = selectors.webhook_delivery_list(user=self.request.user, endpoint_id=endpoint_id)
         if self.action == "retrieve":
             queryset = queryset.prefetch_related("log")
         return queryset
