@@ -27,22 +27,19 @@ from __future__ import annotations
 import contextlib
 import getpass
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import django
 from auditlog.context import auditlog_disabled, set_extra_data
 from auditlog.middleware import AuditlogMiddleware
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 
 
 class AuditMiddleware(AuditlogMiddleware):
     """auditlog's middleware, with the actor read when an entry is written rather than when
     the request arrives: API tokens are authenticated by DRF inside the view, after every
     middleware ran (DRF then sets the Django request's ``user``)."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        super().__init__(get_response)
 
     def get_extra_data(self, request: HttpRequest) -> dict[str, Any]:
         data: dict[str, Any] = super().get_extra_data(request)

@@ -373,6 +373,11 @@ def webhook_deliveries_due(*, limit: int, republish_after_seconds: float) -> lis
         WebhookDelivery.objects.filter(
             status=WebhookDelivery.Status.SENDING, lease_expires_at__lt=now
         ).update(status=WebhookDelivery.Status.PENDING, lease_expires_at=None, published_at=None)
+        # Past their window (e.g. taken back from dead workers again and again): given up. A
+        # disabled endpoint's deliveries wait instead; enabling it opens a new window.
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, retry_until__lt=now, endpoint__enabled=True
+        ).update(status=WebhookDelivery.Status.FAILED, next_attempt_at=None, updated_at=now)
         due = list(
             WebhookDelivery.objects.select_for_update(skip_locked=True)
             .filter(

@@ -388,3 +388,23 @@ def test_redirects_are_not_followed(
     delivery.refresh_from_db()
     assert (delivery.last_status_code, delivery.last_error) == (307, "HTTP 307")
     assert len(receiver.received) == 1
+
+
+def test_the_dispatcher_takes_back_dead_sends_and_gives_up_past_the_window(
+    fast_webhooks: Any, user: Any, api: APIClient, receiver: Receiver, clean_redis: Any
+) -> None:
+    _register(api, receiver.url)
+    services.subscription_cancel(subscription=_subscription(user))
+    services.subscription_cancel(subscription=_subscription(user))
+    dead, late = WebhookDelivery.objects.order_by("pk")
+    past = timezone.now() - timedelta(seconds=5)
+    # A worker died mid-send (lease over); another delivery's window is over.
+    WebhookDelivery.objects.filter(pk=dead.pk).update(
+        status=WebhookDelivery.Status.SENDING, lease_expires_at=past, published_at=past
+    )
+    WebhookDelivery.objects.filter(pk=late.pk).update(retry_until=past, published_at=None)
+    assert sender.webhook_deliveries_dispatch() == 1
+    dead.refresh_from_db()
+    late.refresh_from_db()
+    assert (dead.status, dead.attempts) == (WebhookDelivery.Status.PENDING, 0)
+    assert late.status == WebhookDelivery.Status.FAILED
