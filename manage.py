@@ -9,7 +9,11 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from config.audit import command_audit
+
+    # Model changes a command makes are audited with who ran it (config/audit.py).
+    with command_audit(sys.argv):
+        execute_from_command_line(sys.argv)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,18 @@ def periodic_specs() -> list[PeriodicSpec]:
             every_seconds=3600,
             description="Deletes completed jobs older than the retention; failed jobs are kept.",
         ),
+        PeriodicSpec(
+            name="autopay: dispatch webhooks",
+            task="autopay.dispatch_webhooks",
+            every_seconds=settings.WEBHOOK_DISPATCH_INTERVAL_SECONDS,
+            description="Sends due webhook retries and republishes lost delivery messages.",
+        ),
+        PeriodicSpec(
+            name="autopay: purge expired records",
+            task="autopay.purge_expired_records",
+            every_seconds=3600,
+            description="Deletes expired idempotency keys and webhook events past retention.",
+        ),
     ]
 
 

@@ -38,9 +38,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from config.redis import get_redis
+from jobs.alerts import alerts_evaluate
+from jobs.analytics import OPERATOR_SCOPE
 from jobs.models import Job
 from jobs.queue import broker_queue_length
+from jobs.selectors import job_stats
 from subscriptions.models import Payment
+from subscriptions.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +98,63 @@ class AutopayCollector(Collector):
         yield from _payment_metrics()
         yield from _settlement_latency()
         yield from _redis_metrics()
+        yield from _alert_metrics()
+        yield from _webhook_metrics()
+
+
+def _alert_metrics() -> Iterator[Metric]:
+    """Alert-ready gauges: the measured values, their thresholds and whether each fires."""
+    stats = job_stats(user=OPERATOR_SCOPE)
+    rate = GaugeMetricFamily(
+        "autopay_job_failure_ratio",
+        "Failed / finished jobs in a window (0 when none finished).",
+        labels=["window"],
+    )
+    finished = GaugeMetricFamily(
+        "autopay_jobs_finished_window", "Jobs finished in a window.", labels=["window"]
+    )
+    for key, window in (("lastHour", "1h"), ("lastDay", "24h")):
+        figures = stats["finished"][key]
+        rate.add_metric([window], float(figures["failureRate"]))
+        finished.add_metric([window], int(figures["completed"]) + int(figures["failed"]))
+    yield rate
+    yield finished
+    age = stats["oldestWaitingAgeSeconds"]
+    yield GaugeMetricFamily(
+        "autopay_oldest_waiting_job_age_seconds",
+        "Age of the oldest waiting job (0 when none waits).",
+        value=float(age or 0.0),
+    )
+    threshold = GaugeMetricFamily(
+        "autopay_alert_threshold",
+        "Threshold of each alert (AUTOPAY_ALERT_* settings).",
+        labels=["alert"],
+    )
+    firing = GaugeMetricFamily(
+        "autopay_alert_firing",
+        "1 while the alert's value is beyond its threshold.",
+        labels=["alert"],
+    )
+    for alert in alerts_evaluate(stats=stats):
+        threshold.add_metric([alert.name], alert.threshold)
+        firing.add_metric([alert.name], 1 if alert.firing else 0)
+    yield threshold
+    yield firing
+
+
+def _webhook_metrics() -> Iterator[Metric]:
+    counts = _counts_by(WebhookDelivery.objects.all(), "status")
+    deliveries = GaugeMetricFamily(
+        "autopay_webhook_deliveries", "Webhook deliveries by status.", labels=["status"]
+    )
+    for status in WebhookDelivery.Status.values:
+        deliveries.add_metric([status], counts.get(status, 0))
+    yield deliveries
+    yield GaugeMetricFamily(
+        "autopay_webhook_endpoints_disabled",
+        "Webhook endpoints disabled (by their owner or after failing for days).",
+        value=WebhookEndpoint.objects.filter(enabled=False).count(),
+    )
 
 
 def _job_metrics() -> Iterator[Metric]:

@@ -44,6 +44,7 @@ from jobs.queue import publish_jobs
 from jobs.services import job_data
 from subscriptions import periods
 from subscriptions.models import Payment, Subscription
+from subscriptions.webhooks.events import payments_waived_record
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,9 @@ def _scan_batches(
             last_key = (rows[-1].next_period_due_at, rows[-1].id)
             rows = [row for row in rows if row.id not in visited_still_due]
             new_payments, cursors, still_due = _plan_batch(rows, now=now, max_periods=max_periods)
-            payments_created, job_ids = _write_batch(new_payments, cursors, now=now)
+            payments_created, job_ids, waived_ids = _write_batch(new_payments, cursors, now=now)
+            # payment.waived webhook events, in the batch's transaction (an outbox).
+            payments_waived_record(payment_ids=waived_ids)
         visited_still_due.update(still_due)
         summary.batches += 1
         summary.subscriptions += len(rows)
@@ -317,10 +320,11 @@ def _plan_batch(
 
 def _write_batch(
     new_payments: list[_NewPayment], cursors: list[tuple[int, int, datetime]], *, now: datetime
-) -> tuple[int, list[str]]:
-    """Insert the payments, a job for each payment created, and advance the cursors."""
+) -> tuple[int, list[str], list[int]]:
+    """Insert the payments, a job for each payment created, and advance the cursors. Returns
+    how many payments were created, the new jobs' ids and the ids of the waived payments."""
     if not new_payments:
-        return 0, []
+        return 0, [], []
     if connection.vendor == "postgresql":
         return _write_batch_postgresql(new_payments, cursors, now=now)
     return _write_batch_portable(new_payments, cursors, now=now)
@@ -402,13 +406,14 @@ moved AS (
     ) AS c(id, next_index, next_due)
     WHERE s.id = c.id AND s.next_period_index < c.next_index
 )
-SELECT (SELECT count(*) FROM new_payments), (SELECT array_agg(id::text) FROM new_jobs)
+SELECT (SELECT count(*) FROM new_payments), (SELECT array_agg(id::text) FROM new_jobs),
+       (SELECT array_agg(id) FROM new_payments WHERE status = 'waived')
 """  # noqa: S608
 
 
 def _write_batch_postgresql(
     new_payments: list[_NewPayment], cursors: list[tuple[int, int, datetime]], *, now: datetime
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], list[int]]:
     """One statement, one round trip: payments, their jobs (from RETURNING) and cursors."""
     sql = _POSTGRESQL_BATCH.format(
         payment_table=Payment._meta.db_table,
@@ -435,8 +440,8 @@ def _write_batch_postgresql(
                 "cursor_dues": list(cursor_dues),
             },
         )
-        payments_created, job_ids = cursor.fetchone()
-    return int(payments_created), list(job_ids or [])
+        payments_created, job_ids, waived_ids = cursor.fetchone()
+    return int(payments_created), list(job_ids or []), list(waived_ids or [])
 
 
 @contextmanager
@@ -461,21 +466,23 @@ def _binary_cursor() -> Iterator[Any]:
 
 def _write_batch_portable(
     new_payments: list[_NewPayment], cursors: list[tuple[int, int, datetime]], *, now: datetime
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], list[int]]:
     """The same writes in a few statements per batch, for databases other than PostgreSQL."""
     wanted = {(p.subscription_id, p.period_start): p for p in new_payments}
     created = _insert_payments(new_payments, now=now)
     job_rows = []
+    waived_ids = []
     for payment_id, subscription_id, period_start in created:
         planned = wanted[(subscription_id, period_start)]
         if planned.status != Payment.Status.PENDING:
+            waived_ids.append(payment_id)
             continue
         data = json.loads(planned.data)
         data["paymentId"] = str(payment_id)
         job_rows.append((uuid.uuid4(), subscription_id, payment_id, data))
     job_ids = insert_jobs(job_rows, source=Job.Source.SCHEDULER, now=now)
     _advance_cursors(cursors, now=now)
-    return len(created), job_ids
+    return len(created), job_ids, waived_ids
 
 
 def _insert_payments(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
 from django.db import connection, connections
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
 from autopay.beat import sync_periodic_tasks
 from autopay.configuration import configuration_problems
+from config.audit import audit_off
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,15 @@ def _ensure_periodic_tasks(sender: Any, app_config: Any = None, **kwargs: Any) -
     if "django_celery_beat_periodictask" not in connection.introspection.table_names():
         return
     sync_periodic_tasks()
+
+
+@worker_init.connect
+@worker_process_init.connect
+@beat_init.connect
+def _no_audit_in_workers(**kwargs: Any) -> None:
+    """The engine's writes (payments, jobs, beat's run counts) are its own record, not an
+    operator's action."""
+    audit_off()
 
 
 @worker_ready.connect

@@ -10,12 +10,15 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import close_old_connections
 
-from autopay import engine
+from autopay import engine, webhooks
 from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
+from config.idempotency.middleware import idempotency_keys_purge
 from jobs.services import jobs_purge_completed, jobs_recover
+from subscriptions.webhooks.services import webhook_events_purge
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +81,44 @@ def purge_completed_jobs(self: Any) -> int:
     if deleted:
         logger.info("purged %d completed job(s)", deleted)
     return deleted
+
+
+@shared_task(
+    bind=True,
+    name="autopay.deliver_webhook",
+    acks_late=True,
+    ignore_result=True,
+    # The delivery's row holds its attempts and next time; Celery's counter is not the limit.
+    max_retries=None,
+)
+def deliver_webhook(self: Any, delivery_id: int) -> str:
+    """One attempt of one webhook delivery; a short retry is scheduled here, a long one by
+    the dispatcher."""
+    close_old_connections()
+    outcome = webhooks.webhook_deliver(delivery_id=delivery_id)
+    if outcome.retry_in is not None:
+        webhooks.webhook_schedule_retry(delivery_id=delivery_id, retry_in=outcome.retry_in)
+    return outcome.status
+
+
+@shared_task(bind=True, name="autopay.dispatch_webhooks", acks_late=True, ignore_result=True)
+def dispatch_webhooks(self: Any) -> int:
+    """Publish due webhook deliveries: retries whose time came, lost messages, dead sends."""
+    published = webhooks.webhook_deliveries_dispatch()
+    if published:
+        logger.info("dispatched %d webhook delivery(ies)", published)
+    return published
+
+
+@shared_task(bind=True, name="autopay.purge_expired_records", acks_late=True, ignore_result=True)
+def purge_expired_records(self: Any) -> dict[str, int]:
+    """Delete expired idempotency keys and webhook events past their retention."""
+    summary = {
+        "idempotency_keys": idempotency_keys_purge(),
+        "webhook_events": webhook_events_purge(
+            older_than_days=settings.WEBHOOK_EVENT_RETENTION_DAYS
+        ),
+    }
+    if any(summary.values()):
+        logger.info("purged: %s", summary)
+    return summary

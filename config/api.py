@@ -270,6 +270,8 @@ class AutoSchema(SpectacularAutoSchema):
         if self.view.get_throttles():
             codes["429"] = "Too many requests"
         codes["503"] = "Database or Redis unreachable"
+        if self.method == "POST" and not getattr(self.view, "idempotency_exempt", False):
+            _document_idempotency(operation, codes)
         responses = operation.setdefault("responses", {})
         for code, description in codes.items():
             responses.setdefault(code, error(description))
@@ -288,6 +290,27 @@ class AutoSchema(SpectacularAutoSchema):
         if field.read_only and not meta.get("nullable") and _model_field_is_nullable(field):
             meta["nullable"] = True
         return meta
+
+
+def _document_idempotency(operation: dict[str, Any], codes: dict[str, str]) -> None:
+    """Every POST takes an ``Idempotency-Key`` (config.idempotency.middleware)."""
+    operation.setdefault("parameters", []).append(
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": (
+                "Any unique string (e.g. a UUID). The first answer is kept for 24 h for you and "
+                "this key; a repeat of the same request gets it again (with "
+                "`Idempotent-Replayed: true`) without acting, a different request with the same "
+                "key answers 422, a repeat while the first still runs answers 409."
+            ),
+        }
+    )
+    codes.setdefault("400", "Invalid input (or Idempotency-Key)")
+    codes["409"] = "Conflict (or a request with this Idempotency-Key is still running)"
+    codes["422"] = "Idempotency-Key used with a different request"
 
 
 def _model_field_is_nullable(field: Any) -> bool:

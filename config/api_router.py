@@ -11,6 +11,7 @@ from config.api import OptionalSlashRouter
 from jobs.api.analytics import AnalyticsView
 from jobs.api.views import JobViewSet, SubscriptionTriggerViewSet
 from subscriptions.api.views import PaymentViewSet, SubscriptionViewSet, WalletViewSet
+from subscriptions.webhooks.api.views import WebhookDeliveryViewSet, WebhookEndpointViewSet
 
 router = OptionalSlashRouter()
 router.register("subscriptions", SubscriptionViewSet, basename="subscription")
@@ -18,6 +19,12 @@ router.register("subscriptions", SubscriptionTriggerViewSet, basename="subscript
 router.register("payments", PaymentViewSet, basename="payment")
 router.register("wallets", WalletViewSet, basename="wallet")
 router.register("jobs", JobViewSet, basename="job")
+router.register("webhook-endpoints", WebhookEndpointViewSet, basename="webhook-endpoint")
+router.register(
+    r"webhook-endpoints/(?P<endpoint_pk>[0-9]+)/deliveries",
+    WebhookDeliveryViewSet,
+    basename="webhook-delivery",
+)
 
 urlpatterns = [
     re_path(r"^auth/tokens/?$", TokenListCreateView.as_view(), name="auth-tokens"),

@@ -49,7 +49,10 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "axes",
+    "auditlog",
+    "config.idempotency",
     "subscriptions",
+    "subscriptions.webhooks",
     "jobs",
     "autopay",
 ]
@@ -70,7 +73,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changed what (django-auditlog, config/audit.py): the actor of every audited change.
+    "config.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # POSTs under /api/ with an Idempotency-Key run once; repeats get the first answer.
+    "config.idempotency.middleware.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns an admin (or API password) login lockout into its answer.
     "axes.middleware.AxesMiddleware",
@@ -154,6 +161,34 @@ X_FRAME_OPTIONS = "DENY"
 # Largest request body (bytes); a larger one answers 413 under /api/. API bodies are tiny.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 
+# --- Audit log (django-auditlog; what and why in config/audit.py) ---------------------------
+# Changes by people (admin, dashboard, API, management commands) to these models are
+# recorded, append-only, with the fields before and after; secrets are never part of them.
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {"model": "subscriptions.subscription"},
+    {"model": "subscriptions.payment"},
+    {"model": "subscriptions.payerwallet", "exclude_fields": ["encrypted_private_key"]},
+    {"model": "jobs.job"},
+    {
+        "model": "webhooks.webhookendpoint",
+        "exclude_fields": ["encrypted_secret", "previous_encrypted_secret"],
+    },
+    # Beat's own bookkeeping on every run is not an edit.
+    {
+        "model": "django_celery_beat.periodictask",
+        "exclude_fields": ["last_run_at", "total_run_count", "date_changed"],
+    },
+    {"model": "django_celery_beat.intervalschedule"},
+    {"model": "django_celery_beat.crontabschedule"},
+    {"model": "django_celery_beat.clockedschedule"},
+    {"model": "django_celery_beat.solarschedule"},
+    {"model": "auth.user", "exclude_fields": ["password", "last_login"]},
+    {"model": "auth.group"},
+    {"model": "knox.authtoken", "exclude_fields": ["digest"]},
+)
+AUDITLOG_DISABLE_REMOTE_ADDR = False
+AUDITLOG_STORE_JSON_CHANGES = True
+
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -184,6 +219,8 @@ REST_FRAMEWORK = {
     # OPTIONS never fails, even on views without a serializer.
     "DEFAULT_METADATA_CLASS": "config.middleware.ApiMetadata",
 }
+# How long the answer to a POST with an Idempotency-Key is kept (and replayed) per user and key.
+API_IDEMPOTENCY_TTL_HOURS = env.float("API_IDEMPOTENCY_TTL_HOURS", default=24.0)
 # API tokens: stored as SHA-512 digests, shown once; 0 hours = tokens never expire.
 API_TOKEN_TTL_HOURS = env.float("API_TOKEN_TTL_HOURS", default=720.0)
 REST_KNOX = {
@@ -216,6 +253,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookDeliveryStatusEnum": "subscriptions.webhooks.models.WebhookDelivery.Status",
+        "WebhookEventTypeEnum": "subscriptions.webhooks.models.EventType",
+    },
 }
 
 # --- Redis and Celery -----------------------------------------------------------------------
@@ -307,6 +348,31 @@ AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
 # Periods owed because the engine was down are charged oldest first, at most this many per
 # subscription; older ones are waived (recorded, never charged).
 AUTOPAY_MAX_MISSED_PERIODS = env.int("AUTOPAY_MAX_MISSED_PERIODS", default=3)
+
+# Dashboard and Prometheus alerts: the share of jobs finished in the last hour that failed
+# (judged once at least AUTOPAY_ALERT_MIN_FINISHED_JOBS finished), and the oldest waiting job.
+AUTOPAY_ALERT_FAILURE_RATE = env.float("AUTOPAY_ALERT_FAILURE_RATE", default=0.2)
+AUTOPAY_ALERT_MIN_FINISHED_JOBS = env.int("AUTOPAY_ALERT_MIN_FINISHED_JOBS", default=10)
+AUTOPAY_ALERT_QUEUE_AGE_SECONDS = env.float("AUTOPAY_ALERT_QUEUE_AGE_SECONDS", default=600.0)
+
+# --- Outbound webhooks (Standard Webhooks) -------------------------------------------------
+# Development only: lets endpoints resolve to loopback/private/link-local addresses and use
+# plain http. Off in production: a webhook URL must never reach the service's own network.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False)
+# Each attempt's whole request (connect, send, answer) must finish within this.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# Retries: base * 2^(n-1) seconds, capped, with jitter, for this many hours; then given up.
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5.0)
+WEBHOOK_RETRY_MAX_DELAY_SECONDS = env.float("WEBHOOK_RETRY_MAX_DELAY_SECONDS", default=6 * 3600.0)
+WEBHOOK_RETRY_WINDOW_HOURS = env.float("WEBHOOK_RETRY_WINDOW_HOURS", default=72.0)
+# An endpoint failing (no success) for this long is disabled; its events are kept.
+WEBHOOK_DISABLE_AFTER_HOURS = env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=72.0)
+# After a secret is rotated the old one still signs (a second signature) for this long.
+WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env.float("WEBHOOK_SECRET_ROTATION_GRACE_HOURS", default=24.0)
+# Beat interval of the dispatcher that sends due retries and republishes lost messages.
+WEBHOOK_DISPATCH_INTERVAL_SECONDS = env.int("WEBHOOK_DISPATCH_INTERVAL_SECONDS", default=15)
+# Events (with their delivery log) older than this are deleted, unless still being delivered.
+WEBHOOK_EVENT_RETENTION_DAYS = env.int("WEBHOOK_EVENT_RETENTION_DAYS", default=30)
 
 # --- Chain ----------------------------------------------------------------------------------
 CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="http://127.0.0.1:8545")

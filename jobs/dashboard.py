@@ -20,7 +20,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.views.decorators.http import require_POST
 
+from config.admin_log import admin_log_action
 from jobs import analytics, selectors, services
+from jobs.alerts import alerts_evaluate
 
 DASHBOARD_DAYS = 14
 FAILURES_SHOWN = 20
@@ -68,6 +70,7 @@ def dashboard_view(request: HttpRequest, *, admin_site: AdminSite) -> HttpRespon
         **admin_site.each_context(request),
         "title": "Auto-pay dashboard",
         "stats": stats,
+        "alerts": alerts_evaluate(stats=stats) if request.user.is_staff else [],
         "status_counts": list(stats["counts"].items()),
         "oldest_waiting_age": format_age(stats["oldestWaitingAgeSeconds"]),
         "failure_rates": failure_rates,
@@ -93,6 +96,12 @@ def dashboard_retry_view(request: HttpRequest, job_id: UUID, *, admin_site: Admi
         messages.error(request, f"Job {job.pk} was not retried: {exc}")
     else:
         messages.success(request, f"Job {job.pk} retried as job {new_job.pk}.")
+        # "Recent actions" and the job's history name who retried it.
+        admin_log_action(
+            user=request.user,
+            objects=[job],
+            message=f"Retried from the dashboard as job {new_job.pk}.",
+        )
     return HttpResponseRedirect(reverse(f"{admin_site.name}:autopay-dashboard"))
 
 

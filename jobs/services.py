@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.errors import StateConflict
+from jobs.api.serializers import JobStatusSerializer
 from jobs.models import Job
 from jobs.queue import broker_queue_length, publish_jobs, publish_jobs_on_commit
 from subscriptions import errors
@@ -27,6 +28,8 @@ from subscriptions.services import (
     payment_reopen,
     payment_take_due,
 )
+from subscriptions.webhooks.models import EventType
+from subscriptions.webhooks.services import webhook_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -219,18 +222,31 @@ def job_fail(
         )
     else:
         queryset = Job.objects.filter(pk=job.pk, status__in=Job.OPEN_STATUSES)
-    updated = queryset.update(
-        status=Job.Status.FAILED,
-        error_code=code,
-        error=message[:2000],
-        result={"success": False, "error": code, "message": message[:500]},
-        finished_at=now,
-        lease_owner="",
-        lease_expires_at=None,
-        next_attempt_at=None,
-        updated_at=now,
-    )
+    # The job.failed webhook event commits with the failure, or neither does.
+    with transaction.atomic():
+        updated = queryset.update(
+            status=Job.Status.FAILED,
+            error_code=code,
+            error=message[:2000],
+            result={"success": False, "error": code, "message": message[:500]},
+            finished_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        if updated:
+            _job_failed_event(job.pk)
     return bool(updated)
+
+
+def _job_failed_event(job_id: Any) -> None:
+    failed = Job.objects.select_related("subscription").get(pk=job_id)
+    webhook_event_record(
+        owner_id=failed.subscription.owner_id,
+        type=EventType.JOB_FAILED,
+        data=lambda: dict(JobStatusSerializer(failed).data),
+    )
 
 
 def job_delay(

@@ -10,7 +10,11 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from config.admin_filters import RangeListFilter
+from config.admin_log import admin_log_action
+from config.export import queryset_csv
 from subscriptions import services, validators
+from subscriptions.exports import PAYMENT_CSV_COLUMNS
 from subscriptions.models import PayerWallet, Payment, Subscription
 
 # What an operator may change on an existing subscription: what the API may change. The
@@ -130,7 +134,15 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "next_payment_due_at",
         "dunning_attempts",
     )
-    list_filter = ("status", "auto_pay_enabled", "interval_unit", "network")
+    list_filter = (
+        "status",
+        "auto_pay_enabled",
+        "interval_unit",
+        "network",
+        ("amount", RangeListFilter),
+        ("created_at", admin.DateFieldListFilter),
+        ("next_payment_due_at", RangeListFilter),
+    )
     search_fields = ("=id", "service_name", "payer_address", "recipient_address", "owner__username")
     readonly_fields = (
         "payer_address",
@@ -186,6 +198,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
             try:
                 service(subscription=subscription)
                 done += 1
+                admin_log_action(
+                    user=request.user, objects=[subscription], message=f"{verb.capitalize()}."
+                )
             except services.SubscriptionStateError as exc:
                 self.message_user(request, f"#{subscription.pk}: {exc}", messages.WARNING)
         self.message_user(request, f"{done} subscription(s) {verb}.", messages.SUCCESS)
@@ -203,16 +218,33 @@ class PaymentAdmin(admin.ModelAdmin):
         "short_transaction_hash",
         "completed_at",
     )
-    list_filter = ("status", "error_code", "network")
+    list_filter = (
+        "status",
+        "error_code",
+        "network",
+        ("amount", RangeListFilter),
+        ("period_start", RangeListFilter),
+        ("completed_at", admin.DateFieldListFilter),
+    )
     search_fields = (
         "=id",
         "=subscription__id",
+        "subscription__service_name",
         "transaction_hash",
         "payer_address",
+        "recipient_address",
         "authorization_nonce",
     )
     list_select_related = ("subscription",)
     date_hierarchy = "period_start"
+    actions = ("export_csv",)
+
+    @admin.action(description="Export selected payments as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Payment]) -> Any:
+        """Streamed, exact decimal amounts; "select all" exports every filtered row."""
+        return queryset_csv(
+            queryset.order_by("-period_start", "-id"), PAYMENT_CSV_COLUMNS, name="payments"
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # Payments are records of money movement: operators read them, services write them.

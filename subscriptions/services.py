@@ -16,6 +16,8 @@ from config.errors import ServiceError, StateConflict
 from subscriptions import errors, periods
 from subscriptions.custody import encrypt_private_key
 from subscriptions.models import PayerWallet, Payment, Subscription
+from subscriptions.webhooks import events as webhook_events
+from subscriptions.webhooks.models import EventType
 
 logger = logging.getLogger(__name__)
 
@@ -191,12 +193,16 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
                 subscription.next_period_index = current
                 subscription.next_period_due_at = subscription.period_start(current)
         owed = subscription.payments.filter(status=Payment.Status.FAILED).exists()
+        previous_status = subscription.status
         subscription.status = Subscription.Status.PAST_DUE if owed else Subscription.Status.ACTIVE
         subscription.dunning_attempts = 0
         subscription.dunning_next_retry_at = now if owed else None
         subscription.paused_at = None
         subscription.save()
         _refresh_next_payment_due(subscription)
+        webhook_events.subscription_status_event_record(
+            subscription=subscription, previous_status=previous_status
+        )
     return subscription
 
 
@@ -205,10 +211,14 @@ def subscription_cancel(*, subscription: Subscription) -> Subscription:
         subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             return subscription
+        previous_status = subscription.status
         subscription.status = Subscription.Status.CANCELED
         subscription.canceled_at = timezone.now()
         subscription.auto_pay_enabled = False
         subscription.save(update_fields=["status", "canceled_at", "auto_pay_enabled", "updated_at"])
+        webhook_events.subscription_status_event_record(
+            subscription=subscription, previous_status=previous_status
+        )
     return subscription
 
 
@@ -315,7 +325,16 @@ def _waive_missed_periods(subscription: Subscription, *, now: datetime) -> None:
         payment = payment_build(subscription=subscription, index=index)
         payment.status = Payment.Status.WAIVED
         rows.append(payment)
+    # The subscription's row is locked: what exists now is what this did not create.
+    existing = set(
+        subscription.payments.filter(period_index__in=waived).values_list("period_index", flat=True)
+    )
     Payment.objects.bulk_create(rows, ignore_conflicts=True)
+    webhook_events.payments_waived_record(
+        payment_ids=subscription.payments.filter(
+            period_index__in=[index for index in waived if index not in existing]
+        ).values_list("pk", flat=True)
+    )
     _advance_cursor(subscription, past_index=waived[-1])
 
 
@@ -362,6 +381,9 @@ def payment_record_success(
             locked.error_message = ""
             locked.completed_at = now
             locked.save()
+            newly_completed = True
+        else:
+            newly_completed = False
         subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
         _advance_cursor(subscription, past_index=locked.period_index)
         if (
@@ -375,6 +397,10 @@ def payment_record_success(
                 update_fields=["status", "dunning_attempts", "dunning_next_retry_at", "updated_at"]
             )
         _refresh_next_payment_due(subscription)
+        if newly_completed:
+            webhook_events.payment_event_record(
+                payment=locked, owner_id=subscription.owner_id, type=EventType.PAYMENT_SUCCEEDED
+            )
     return locked
 
 
@@ -390,6 +416,7 @@ def payment_record_failure(*, payment: Payment, code: str, message: str) -> Paym
         locked.error_message = message[:2000]
         locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
         subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
+        previous_status = subscription.status
         if code != errors.SubscriptionNotActive.code and subscription.status in (
             Subscription.Status.ACTIVE,
             Subscription.Status.PAST_DUE,
@@ -409,4 +436,10 @@ def payment_record_failure(*, payment: Payment, code: str, message: str) -> Paym
                 )
             subscription.save(update_fields=["status", "dunning_next_retry_at", "updated_at"])
         _refresh_next_payment_due(subscription)
+        webhook_events.payment_event_record(
+            payment=locked, owner_id=subscription.owner_id, type=EventType.PAYMENT_FAILED
+        )
+        webhook_events.subscription_status_event_record(
+            subscription=subscription, previous_status=previous_status
+        )
     return locked

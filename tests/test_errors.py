@@ -32,6 +32,8 @@ from rest_framework.views import APIView
 
 import config.urls
 from config.middleware import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE, unavailable_message
+from subscriptions.webhooks.models import EventType, WebhookDelivery
+from subscriptions.webhooks.services import webhook_endpoint_create, webhook_event_record
 from tests.factories import PayerWalletFactory, SubscriptionFactory, failed_job
 
 HUGE = "9" * 30  # far beyond PostgreSQL's bigint
@@ -175,6 +177,9 @@ def fill(template: str, name: str, values: dict[str, str], huge: bool = False) -
         if huge:
             return HUGE
         if kwarg == "pk":
+            for prefix in ("webhook-endpoint", "webhook-delivery"):
+                if name.startswith(prefix):
+                    return values.get(prefix, "1")
             return values.get(name.split("-")[0], "1")
         return values.get(kwarg, "abc")
 
@@ -189,7 +194,13 @@ def objects(user: Any) -> dict[str, str]:
         owner=user, wallet=wallet, payer_address=wallet.address
     )
     job = failed_job(subscription)
+    endpoint, _ = webhook_endpoint_create(owner=user, url="https://93.184.215.14/hooks")
+    webhook_event_record(owner_id=user.pk, type=EventType.JOB_FAILED, data={"jobId": "1"})
+    delivery = WebhookDelivery.objects.get(endpoint=endpoint)
     return {
+        "webhook-endpoint": str(endpoint.pk),
+        "endpoint_pk": str(endpoint.pk),
+        "webhook-delivery": str(delivery.pk),
         "subscription": str(subscription.pk),
         "subscription_id": str(subscription.pk),
         "payment": str(job.payment_id),

@@ -33,6 +33,8 @@ from autopay.api.tokens import issue_token
 from autopay.devtools.anvil import free_port
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import payment_build
+from subscriptions.webhooks.models import EventType, WebhookDelivery
+from subscriptions.webhooks.services import webhook_endpoint_create, webhook_event_record
 from tests.factories import (
     PayerWalletFactory,
     SubscriptionFactory,
@@ -78,6 +80,7 @@ _SUBSCRIPTION_BODIES = {
 }
 _HARD_FIELDS = ("payer_address", "token_address", "network", "billing_anchor")
 PASSWORD = "correct-horse-battery"  # tests.factories.UserFactory's
+PUBLIC_WEBHOOK_URL = "https://93.184.215.14/hooks"  # never called: no worker runs here
 
 
 @dataclass
@@ -95,6 +98,8 @@ class World:
     wallet_ids: list[int] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     token_prefixes: list[str] = field(default_factory=list)
+    webhook_endpoint_ids: list[int] = field(default_factory=list)
+    webhook_delivery_ids: list[int] = field(default_factory=list)
     recipient: str = field(default_factory=new_address)
     owner_username: str = ""
 
@@ -114,11 +119,14 @@ class World:
             return {"id": list(self.cancelable_ids)}
         if path.endswith("/trigger-payment/"):
             return {"id": list(self.triggerable_ids)}
+        if path.startswith("/api/webhook-endpoints/{endpoint_pk}/"):
+            return {"endpoint_pk": self.webhook_endpoint_ids, "id": self.webhook_delivery_ids}
         by_prefix: dict[str, list[Any]] = {
             "/api/subscriptions/": self.subscription_ids,
             "/api/payments/": self.payment_ids,
             "/api/wallets/": self.wallet_ids,
             "/api/jobs/": self.job_ids,
+            "/api/webhook-endpoints/": self.webhook_endpoint_ids,
         }
         for prefix, ids in by_prefix.items():
             if path.startswith(prefix):
@@ -133,6 +141,9 @@ class World:
             return None
         if (method.upper(), path) == ("POST", "/api/auth/tokens/"):
             return {**body, "username": self.owner_username, "password": PASSWORD}
+        if path.startswith("/api/webhook-endpoints/") and "url" in body:
+            # A public address (no DNS): the SSRF check passes, the endpoint is created.
+            return {**body, "url": PUBLIC_WEBHOOK_URL}
         if (method.upper(), path) not in _SUBSCRIPTION_BODIES:
             return None
         valid = {"wallet": self.wallet_ids[0], "recipient_address": self.recipient, "amount": "9.5"}
@@ -170,6 +181,8 @@ def _owner_data() -> tuple[Any, World]:
     completed.save()
     job = failed_job(past_due)
     spare_token, _ = issue_token(owner)
+    endpoint, _ = webhook_endpoint_create(owner=owner, url=PUBLIC_WEBHOOK_URL)
+    webhook_event_record(owner_id=owner.pk, type=EventType.JOB_FAILED, data={"jobId": "1"})
     world = World(
         user=owner,
         owner_username=owner.username,
@@ -180,6 +193,8 @@ def _owner_data() -> tuple[Any, World]:
         wallet_ids=[wallet.pk],
         job_ids=[str(job.pk)],
         token_prefixes=[spare_token.token_key],
+        webhook_endpoint_ids=[endpoint.pk],
+        webhook_delivery_ids=list(WebhookDelivery.objects.values_list("pk", flat=True)),
     )
     return owner, world
 

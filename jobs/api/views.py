@@ -11,11 +11,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api import ApiErrorSerializer, error_response, success_response
-from config.filters import IdFilter
+from config.export import CsvExportMixin, csv_list_schema
 from jobs import selectors, services
 from jobs.api.serializers import (
     JobStatsSerializer,
@@ -23,6 +24,8 @@ from jobs.api.serializers import (
     JobSummarySerializer,
     job_status_schema,
 )
+from jobs.exports import JOB_CSV_COLUMNS
+from jobs.filters import JOB_ORDERING_FIELDS, JOB_SEARCH_FIELDS, JobFilter
 from jobs.models import Job
 from subscriptions.models import Subscription
 from subscriptions.selectors import subscription_list
@@ -40,19 +43,14 @@ def _uuid_or_none(value: Any) -> uuid.UUID | None:
         return None
 
 
-class JobFilter(filters.FilterSet):
-    status = filters.ChoiceFilter(choices=Job.Status.choices)
-    # A plain number: another user's subscription id answers like a missing one (empty).
-    subscription = IdFilter(field_name="subscription_id")
-
-    class Meta:
-        model = Job
-        fields = ("status", "subscription")
-
-
-class JobViewSet(viewsets.GenericViewSet):
+class JobViewSet(CsvExportMixin, viewsets.GenericViewSet):
     lookup_value_regex = "[^/]+"
+    filter_backends = [filters.DjangoFilterBackend, SearchFilter, OrderingFilter]
     filterset_class = JobFilter
+    search_fields = JOB_SEARCH_FIELDS
+    ordering_fields = JOB_ORDERING_FIELDS
+    csv_columns = JOB_CSV_COLUMNS
+    csv_name = "jobs"
 
     def get_queryset(self) -> QuerySet[Job]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
@@ -65,9 +63,13 @@ class JobViewSet(viewsets.GenericViewSet):
             return None
         return self.get_queryset().filter(pk=job_id).first()
 
-    @extend_schema(operation_id="jobs_list", responses={200: JobSummarySerializer(many=True)})
-    def list(self, request: Request) -> Response:
-        """Jobs, newest first, filtered by status and subscription, paginated."""
+    @extend_schema(operation_id="jobs_list")
+    @csv_list_schema(JobSummarySerializer)
+    def list(self, request: Request) -> Any:
+        """Jobs, newest first, filtered, searched and ordered, paginated; ``?format=csv`` (or
+        ``Accept: text/csv``) streams every matching row as CSV instead."""
+        if self.wants_csv():
+            return self.csv_export()
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         rows = JobSummarySerializer(page, many=True).data
         return self.get_paginated_response(rows)

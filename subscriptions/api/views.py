@@ -9,11 +9,12 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from config.filters import IdFilter
+from config.export import CsvExportMixin, csv_list_schema
 from config.limits import WalletCreateRateThrottle
 from subscriptions import selectors, services
 from subscriptions.api.serializers import (
@@ -24,6 +25,15 @@ from subscriptions.api.serializers import (
     WalletInputSerializer,
     WalletOutputSerializer,
 )
+from subscriptions.exports import PAYMENT_CSV_COLUMNS
+from subscriptions.filters import (
+    PAYMENT_ORDERING_FIELDS,
+    PAYMENT_SEARCH_FIELDS,
+    SUBSCRIPTION_ORDERING_FIELDS,
+    SUBSCRIPTION_SEARCH_FIELDS,
+    PaymentFilter,
+    SubscriptionFilter,
+)
 from subscriptions.models import PayerWallet, Payment, Subscription
 
 ErrorResponse = inline_serializer(
@@ -32,10 +42,8 @@ ErrorResponse = inline_serializer(
 )
 
 
-class SubscriptionFilter(filters.FilterSet):
-    class Meta:
-        model = Subscription
-        fields = ("status", "auto_pay_enabled", "network")
+# Filters (django-filter), ``?search=`` and ``?ordering=`` on every list.
+LIST_FILTER_BACKENDS = [filters.DjangoFilterBackend, SearchFilter, OrderingFilter]
 
 
 class SubscriptionViewSet(
@@ -44,7 +52,10 @@ class SubscriptionViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = SubscriptionOutputSerializer
+    filter_backends = LIST_FILTER_BACKENDS
     filterset_class = SubscriptionFilter
+    search_fields = SUBSCRIPTION_SEARCH_FIELDS
+    ordering_fields = SUBSCRIPTION_ORDERING_FIELDS
 
     def get_queryset(self) -> QuerySet[Subscription]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
@@ -111,24 +122,27 @@ class SubscriptionViewSet(
         return self._transition(services.subscription_resume)
 
 
-class PaymentFilter(filters.FilterSet):
-    # A plain number, not a model choice: a choice filter validates the id against every
-    # subscription, so another user's id (200) and a missing one (400) told them apart.
-    subscription = IdFilter(field_name="subscription_id")
-
-    class Meta:
-        model = Payment
-        fields = ("subscription", "status")
-
-
-class PaymentViewSet(viewsets.ReadOnlyModelViewSet):
+class PaymentViewSet(CsvExportMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = PaymentOutputSerializer
+    filter_backends = LIST_FILTER_BACKENDS
     filterset_class = PaymentFilter
+    search_fields = PAYMENT_SEARCH_FIELDS
+    ordering_fields = PAYMENT_ORDERING_FIELDS
+    csv_columns = PAYMENT_CSV_COLUMNS
+    csv_name = "payments"
 
     def get_queryset(self) -> QuerySet[Payment]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
             return Payment.objects.none()
         return selectors.payment_list(user=self.request.user)
+
+    @csv_list_schema(PaymentOutputSerializer)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Any:
+        """Payments, newest period first; ``?format=csv`` (or ``Accept: text/csv``) streams
+        every matching row as CSV instead of a page of JSON."""
+        if self.wants_csv():
+            return self.csv_export()
+        return super().list(request, *args, **kwargs)
 
 
 class WalletViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -1,4 +1,5 @@
-"""Re-encrypt every payer wallet's key with the newest key of AUTOPAY_KEY_ENCRYPTION_KEYS.
+"""Re-encrypt every payer wallet's key (and every webhook endpoint's signing secret) with the
+newest key of AUTOPAY_KEY_ENCRYPTION_KEYS.
 
 Rotation: put the new key first in AUTOPAY_KEY_ENCRYPTION_KEYS (keep the old one after it),
 restart web and workers, run this command, then remove the old key. Safe to run again or to
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from subscriptions.custody import KeyCustodyError, reencrypt_private_key
 from subscriptions.models import PayerWallet
+from subscriptions.webhooks.services import webhook_secrets_reencrypt
 
 
 class Command(BaseCommand):
@@ -56,6 +58,14 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{rotated} wallet(s) re-encrypted with the newest key, {unchanged} already on it."
         )
+        try:
+            endpoints = webhook_secrets_reencrypt()
+        except KeyCustodyError as exc:
+            raise CommandError(
+                "a webhook signing secret could not be decrypted with any configured key; "
+                "keep its old key in AUTOPAY_KEY_ENCRYPTION_KEYS."
+            ) from exc
+        self.stdout.write(f"{endpoints} webhook endpoint(s) re-encrypted with the newest key.")
         if unreadable:
             listed = ", ".join(str(pk) for pk in unreadable[:20])
             raise CommandError(

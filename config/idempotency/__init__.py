@@ -1,0 +1,1 @@
+"""Idempotent POSTs (``Idempotency-Key``, Stripe's semantics) for every API operation."""
