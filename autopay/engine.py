@@ -20,10 +20,11 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from autopay.authorizations import period_nonce, presigned_intent
 from autopay.rails import get_rail
-from autopay.rails.authorization import TransferAuthorization, derive_authorization_nonce
+from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentIntent, Progress, Settlement
-from autopay.signers import signer_for_payment
+from autopay.signers import payment_signer
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
@@ -57,13 +58,9 @@ class _Hooks:
         job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=int(step))
 
     def sign(self, authorization: TransferAuthorization) -> str:
-        """The payer's signature, by the payment's wallet if it is the subscription owner's."""
-        signer = signer_for_payment(
-            wallet_id=self.payment.wallet_id,
-            owner_id=self.payment.subscription.owner_id,
-            payer_address=self.payment.payer_address,
-        )
-        return signer.sign(authorization)
+        """The payer's signature: the payment's wallet if it is the subscription owner's
+        (custodial), or the payer's own uploaded signature (pre-signed)."""
+        return payment_signer(self.payment).sign(authorization)
 
     def _payment_while_held(self) -> Any:
         """The payment row, writable only while this worker still holds the job's lease, so
@@ -127,12 +124,11 @@ def payment_intent(payment: Payment) -> PaymentIntent:
         recipient=payment.recipient_address,
         amount_atomic=payment.amount_atomic,
         nonce=payment.authorization_nonce
-        or derive_authorization_nonce(
-            chain_id=settings.CHAIN_ID,
-            token_address=payment.token_address,
-            payer=payment.payer_address,
+        or period_nonce(
             subscription_id=payment.subscription_id,
-            period_start=int(payment.period_start.timestamp()),
+            payer=payment.payer_address,
+            token_address=payment.token_address,
+            period_start=payment.period_start,
         ),
         search_from_block=payment.search_from_block,
         transaction_hash=payment.transaction_hash,
@@ -306,7 +302,7 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             raise errors.RailNotConfigured(
                 "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
             )
-        intent = payment_intent(payment)
+        intent = presigned_intent(payment, payment_intent(payment))
         settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
         return _wait_for_configuration(job, worker_id, error, error)

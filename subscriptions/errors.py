@@ -141,6 +141,13 @@ class AuthorizationCanceled(PermanentPaymentError):
     code = "authorization_canceled"
 
 
+class AuthorizationMissing(PermanentPaymentError):
+    """A pre-signed subscription has no usable authorization for this period: none was
+    uploaded, its window has ended, or it was signed for other terms (amount, recipient)."""
+
+    code = "authorization_missing"
+
+
 class SettlementFailed(PermanentPaymentError):
     """The settlement's simulation or transaction failed for a reason retrying cannot fix."""
 

@@ -37,6 +37,9 @@ class PaymentIntent:
     search_from_block: int | None = None
     # The transaction recorded for it before broadcast by an earlier attempt, if any.
     transaction_hash: str = ""
+    # The validity window the payer signed (pre-signed subscriptions); None: now-based.
+    valid_after: int | None = None
+    valid_before: int | None = None
 
 
 @dataclass(frozen=True)

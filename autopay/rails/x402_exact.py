@@ -140,8 +140,12 @@ class X402ExactRail:
             payer=to_checksum_address(intent.payer),
             recipient=to_checksum_address(intent.recipient),
             value=intent.amount_atomic,
-            valid_after=now - VALID_AFTER_SKEW_SECONDS,
-            valid_before=now + self._validity_seconds,
+            valid_after=now - VALID_AFTER_SKEW_SECONDS
+            if intent.valid_after is None
+            else intent.valid_after,
+            valid_before=now + self._validity_seconds
+            if intent.valid_before is None
+            else intent.valid_before,
             nonce=intent.nonce,
         )
 

@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from subscriptions import validators
+from subscriptions import selectors, validators
 from subscriptions.models import PayerWallet, Payment, Subscription
 
 
@@ -75,19 +75,33 @@ class WalletOwnedField(serializers.PrimaryKeyRelatedField):
 
 
 class SubscriptionInputSerializer(serializers.Serializer):
-    """A new custodial subscription: paid from ``wallet``, a server-held wallet of the owner.
+    """A new subscription.
 
-    ``payer_address`` is not an input: it is the wallet's address (an equal value is accepted
-    for older clients, any other is refused), so a subscription can never name somebody
-    else's wallet by its public address.
+    Custodial (default): paid from ``wallet``, a server-held wallet of the owner;
+    ``payer_address`` is not an input but the wallet's address (an equal value is accepted for
+    older clients, any other is refused), so a subscription can never name somebody else's
+    wallet by its public address.
+
+    Pre-signed (``mode: presigned``): no wallet; ``payer_address`` is the address that will
+    sign each period's authorization in advance. Nothing can be charged until that address
+    signs: every uploaded signature must recover to it.
     """
 
     service_name = serializers.CharField(max_length=200)
+    mode = serializers.ChoiceField(
+        choices=Subscription.Mode.choices,
+        default=Subscription.Mode.CUSTODIAL,
+        help_text="custodial: a server-held wallet signs; presigned: the payer signs ahead.",
+    )
     wallet = WalletOwnedField(
-        help_text="Id of one of your wallets (POST /api/wallets/); it pays every period."
+        required=False,
+        help_text="Custodial: id of one of your wallets (POST /api/wallets/); it pays every "
+        "period. Not sent for a pre-signed subscription.",
     )
     payer_address = AddressField(
-        required=False, help_text="Optional; must equal the wallet's address when sent."
+        required=False,
+        help_text="Pre-signed: the payer's address (required). Custodial: optional, must "
+        "equal the wallet's address.",
     )
     recipient_address = AddressField()
     amount = AmountField()
@@ -109,13 +123,28 @@ class SubscriptionInputSerializer(serializers.Serializer):
         return _run(validators.validate_network, value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        wallet = attrs["wallet"]
+        wallet = attrs.get("wallet")
         payer = attrs.get("payer_address")
-        if payer and payer != wallet.address:
-            raise serializers.ValidationError(
-                {"payer_address": "Must equal the wallet's address (it is taken from the wallet)."}
-            )
-        attrs["payer_address"] = wallet.address
+        if attrs["mode"] == Subscription.Mode.PRESIGNED:
+            if wallet is not None:
+                raise serializers.ValidationError(
+                    {"wallet": "A pre-signed subscription has no server-held wallet."}
+                )
+            if not payer:
+                raise serializers.ValidationError(
+                    {"payer_address": "Required for a pre-signed subscription: who signs."}
+                )
+        else:
+            if wallet is None:
+                raise serializers.ValidationError({"wallet": "This field is required."})
+            if payer and payer != wallet.address:
+                raise serializers.ValidationError(
+                    {
+                        "payer_address": "Must equal the wallet's address "
+                        "(it is taken from the wallet)."
+                    }
+                )
+            attrs["payer_address"] = payer = wallet.address
         network = attrs.setdefault("network", settings.CHAIN_NETWORK)
         _run_field("network", validators.validate_network, network)
         token = attrs.get("token_address") or validators.allowed_token(network)
@@ -129,7 +158,7 @@ class SubscriptionInputSerializer(serializers.Serializer):
             "recipient_address",
             validators.validate_recipient,
             attrs["recipient_address"],
-            payer=wallet.address,
+            payer=payer,
             token_address=token,
         )
         if "billing_anchor" in attrs:
@@ -169,6 +198,10 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
                 {"payer_address": "Cannot be changed; attach another of your wallets instead."}
             )
         subscription = self.context.get("subscription")
+        if "wallet" in attrs and subscription is not None and subscription.is_presigned:
+            raise serializers.ValidationError(
+                {"wallet": "A pre-signed subscription has no server-held wallet."}
+            )
         if attrs.get("wallet") is not None:
             attrs["payer_address"] = attrs["wallet"].address
         if "recipient_address" in attrs and subscription is not None:
@@ -185,15 +218,29 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
 class SubscriptionOutputSerializer(serializers.ModelSerializer):
     amount = AmountField(read_only=True)
     wallet: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(read_only=True)
+    signed_periods_remaining = serializers.SerializerMethodField(
+        help_text="Pre-signed: coming periods whose authorization is uploaded, unexpired and "
+        "not canceled (0: the next payment fails with authorization_missing). Custodial: null."
+    )
+
+    def get_signed_periods_remaining(self, subscription: Subscription) -> int | None:
+        if not subscription.is_presigned:
+            return None
+        annotated = getattr(subscription, "signed_periods", None)
+        if annotated is not None:
+            return int(annotated)
+        return selectors.signed_periods_remaining(subscription=subscription)
 
     class Meta:
         model = Subscription
         fields = (
             "id",
             "service_name",
+            "mode",
             "payer_address",
             "recipient_address",
             "wallet",
+            "signed_periods_remaining",
             "amount",
             "token_address",
             "token_decimals",
