@@ -343,10 +343,21 @@ def stored_authorization(payment: Payment) -> PresignedAuthorization | None:
     ).first()
 
 
-def presigned_intent(payment: Payment, intent: PaymentIntent) -> PaymentIntent:
-    """A pre-signed payment is paid within the window its payer signed, not one starting now:
-    the rail must ask for exactly the stored authorization."""
-    if payment.subscription.mode != Subscription.Mode.PRESIGNED:
+def subscription_intent(payment: Payment, intent: PaymentIntent) -> PaymentIntent:
+    """What the subscription's mode adds to a payment's intent.
+
+    Pre-signed: the payment is made within the window its payer signed, not one starting now
+    (the rail must ask for exactly the stored authorization). x402 HTTP: the service's paid
+    endpoint, through which the period is paid.
+    """
+    subscription = payment.subscription
+    if subscription.resource_url:
+        intent = replace(
+            intent,
+            resource_url=subscription.resource_url,
+            resource_method=subscription.resource_method,
+        )
+    if subscription.mode != Subscription.Mode.PRESIGNED:
         return intent
     row = stored_authorization(payment)
     if row is None:

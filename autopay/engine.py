@@ -20,7 +20,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from autopay.authorizations import period_nonce, presigned_intent
+from autopay.authorizations import period_nonce, subscription_intent
 from autopay.rails import get_rail
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentIntent, Progress, Settlement
@@ -145,6 +145,7 @@ def settlement_result(payment: Payment, settlement: Settlement) -> dict[str, Any
         "paymentId": str(payment.pk),
         "blockNumber": settlement.block_number,
         "reconciled": settlement.reconciled,
+        **({"serviceReceipt": settlement.service_receipt} if settlement.service_receipt else {}),
     }
 
 
@@ -297,12 +298,12 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
 
     hooks = _Hooks(job, payment, worker_id)
     try:
-        rail = get_rail()
+        intent = subscription_intent(payment, payment_intent(payment))
+        rail = get_rail(intent)
         if rail is None:
             raise errors.RailNotConfigured(
                 "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
             )
-        intent = presigned_intent(payment, payment_intent(payment))
         settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
         return _wait_for_configuration(job, worker_id, error, error)

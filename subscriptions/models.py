@@ -88,6 +88,13 @@ class Subscription(models.Model):
     token_address = models.CharField(max_length=42)
     token_decimals = models.PositiveSmallIntegerField(default=6)
     network = models.CharField(max_length=64, help_text="CAIP-2 chain id, e.g. eip155:8453")
+    # x402 HTTP: when set, each period is paid through this paid endpoint of the service
+    # (402 -> signed payment header -> the service's facilitator settles) instead of settling
+    # the authorization ourselves.
+    resource_url = models.URLField(max_length=500, blank=True, default="")
+    resource_method = models.CharField(
+        max_length=8, choices=[("GET", "GET"), ("POST", "POST")], default="GET"
+    )
     interval_unit = models.CharField(
         max_length=8, choices=IntervalUnit.choices, default=IntervalUnit.MONTH
     )

@@ -54,6 +54,15 @@ def _check_payer(*, mode: str, owner_id: Any, wallet: Any, payer_address: str) -
     _check_wallet(owner_id=owner_id, wallet=wallet, payer_address=payer_address)
 
 
+def _check_resource_url(url: str) -> None:
+    if not url:
+        return
+    try:
+        validators.validate_resource_url(url)
+    except DjangoValidationError as exc:
+        raise SubscriptionStateError(f"resource_url: {exc.messages[0]}") from exc
+
+
 def _check_wallet(*, owner_id: Any, wallet: Any, payer_address: str) -> None:
     if wallet is None:
         raise ForeignWallet("A custodial subscription needs one of its owner's wallets.")
@@ -73,6 +82,8 @@ UPDATABLE_FIELDS = (
     "auto_pay_enabled",
     "wallet",
     "payer_address",
+    "resource_url",
+    "resource_method",
 )
 
 
@@ -103,6 +114,8 @@ def subscription_create(
     wallet: Any = None,
     token_decimals: int | None = None,
     mode: str = Subscription.Mode.CUSTODIAL,
+    resource_url: str = "",
+    resource_method: str = "GET",
 ) -> Subscription:
     """Create a subscription whose first period starts at ``billing_anchor`` (default now).
 
@@ -110,11 +123,14 @@ def subscription_create(
     key. Pre-signed: no wallet; ``payer_address`` signs each period in advance.
     """
     _check_payer(mode=mode, owner_id=owner.pk, wallet=wallet, payer_address=payer_address)
+    _check_resource_url(resource_url)
     anchor = billing_anchor or timezone.now()
     subscription = Subscription(
         owner=owner,
         service_name=service_name,
         mode=mode,
+        resource_url=resource_url,
+        resource_method=resource_method,
         payer_address=payer_address,
         recipient_address=recipient_address,
         amount=amount,
@@ -149,6 +165,7 @@ def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscr
         subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             raise SubscriptionStateError("A canceled subscription cannot be changed.")
+        _check_resource_url(changes.get("resource_url", ""))
         for field, value in changes.items():
             setattr(subscription, field, value)
         if "wallet" in changes or "payer_address" in changes:

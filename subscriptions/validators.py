@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -112,3 +113,18 @@ def validate_billing_anchor(anchor: datetime, *, unit: str, count: int, now: dat
         )
     if anchor > now + timedelta(days=366):
         raise ValidationError("billing_anchor is more than a year ahead.", code="billing_anchor")
+
+
+def validate_resource_url(url: str) -> None:
+    """An http(s) URL on a host the operator allows (AUTOPAY_RESOURCE_ALLOWED_HOSTS): the
+    worker requests it, so an arbitrary URL would let a user reach internal addresses."""
+    parsed = urlsplit(url or "")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValidationError("resource_url must be an http(s) URL.", code="resource_url")
+    allowed = [host.strip().lower() for host in settings.AUTOPAY_RESOURCE_ALLOWED_HOSTS]
+    if "*" not in allowed and parsed.hostname.lower() not in allowed:
+        raise ValidationError(
+            f"Host {parsed.hostname} is not allowed for resource_url on this deployment "
+            "(AUTOPAY_RESOURCE_ALLOWED_HOSTS).",
+            code="resource_url",
+        )

@@ -109,6 +109,14 @@ class SubscriptionInputSerializer(serializers.Serializer):
         required=False, help_text="Optional; the network's configured token is the only one."
     )
     network = serializers.CharField(max_length=64, required=False)
+    resource_url = serializers.URLField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="x402 HTTP: the service's paid endpoint; each period is paid by requesting "
+        "it (402, signed payment header, the service settles). Empty: we settle ourselves.",
+    )
+    resource_method = serializers.ChoiceField(choices=["GET", "POST"], default="GET")
     interval_unit = serializers.ChoiceField(
         choices=Subscription.IntervalUnit.choices, default=Subscription.IntervalUnit.MONTH
     )
@@ -121,6 +129,9 @@ class SubscriptionInputSerializer(serializers.Serializer):
 
     def validate_network(self, value: str) -> str:
         return _run(validators.validate_network, value)
+
+    def validate_resource_url(self, value: str) -> str:
+        return _run(validators.validate_resource_url, value) if value else value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         wallet = attrs.get("wallet")
@@ -189,6 +200,11 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
     amount = AmountField(required=False)
     auto_pay_enabled = serializers.BooleanField(required=False)
     wallet = WalletOwnedField(required=False)
+    resource_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
+    resource_method = serializers.ChoiceField(choices=["GET", "POST"], required=False)
+
+    def validate_resource_url(self, value: str) -> str:
+        return _run(validators.validate_resource_url, value) if value else value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
@@ -223,6 +239,10 @@ class SubscriptionOutputSerializer(serializers.ModelSerializer):
         "not canceled (0: the next payment fails with authorization_missing). Custodial: null."
     )
 
+    # An empty string when unset: not a URI, so not typed as one.
+    resource_url = serializers.CharField(read_only=True)
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_signed_periods_remaining(self, subscription: Subscription) -> int | None:
         if not subscription.is_presigned:
             return None
@@ -241,6 +261,8 @@ class SubscriptionOutputSerializer(serializers.ModelSerializer):
             "recipient_address",
             "wallet",
             "signed_periods_remaining",
+            "resource_url",
+            "resource_method",
             "amount",
             "token_address",
             "token_decimals",
