@@ -292,6 +292,8 @@ AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS = env.int(
 AUTOPAY_RESOURCE_ALLOWED_HOSTS = env.list("AUTOPAY_RESOURCE_ALLOWED_HOSTS", default=[])
 # Timeout of each request to a paid resource (s); shorter than the task's soft time limit.
 AUTOPAY_RESOURCE_TIMEOUT_SECONDS = env.float("AUTOPAY_RESOURCE_TIMEOUT_SECONDS", default=20.0)
+# Development only (bin/run): the demo paid service the demo data subscribes to.
+AUTOPAY_DEMO_PAID_SERVICE_URL = env.str("AUTOPAY_DEMO_PAID_SERVICE_URL", default="")
 # Fernet keys (urlsafe base64, 32 bytes) that encrypt payer wallet keys at rest, newest first:
 # the first encrypts, every one decrypts (MultiFernet), so a key can be rotated without
 # downtime (`manage.py autopay_rotate_wallet_keys` re-encrypts every wallet with the newest).

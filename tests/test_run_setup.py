@@ -60,12 +60,22 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
         beat_rows = connection.execute(
             "SELECT COUNT(*) FROM django_celery_beat_periodictask WHERE task LIKE 'autopay.%'"
         ).fetchone()[0]
+        modes = connection.execute(
+            "SELECT mode, resource_url != '', COUNT(*) FROM subscriptions_subscription "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        signed = connection.execute(
+            "SELECT COUNT(*) FROM subscriptions_presignedauthorization"
+        ).fetchone()[0]
     assert operator == (1, 1)
     assert wallets == 2
-    assert subscriptions == 4
-    assert jobs == 4 == len(first["queued_jobs"])
+    # Four custodial, one pre-signed (12 periods signed by its payer), one paid over x402 HTTP.
+    assert subscriptions == 6
+    assert modes == [("custodial", 0, 4), ("custodial", 1, 1), ("presigned", 0, 1)]
+    assert signed == 12
+    assert jobs == 6 == len(first["queued_jobs"])
     assert beat_rows == 3
-    assert queue.llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 4, "the demo jobs are published"
+    assert queue.llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 6, "the demo jobs are published"
     assert first["token"] and first["password"]
     assert not is_rpc_alive(f"http://127.0.0.1:{port}"), "the chain it started is stopped"
 
@@ -76,8 +86,8 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     assert second["wallets"] == first["wallets"]
     assert second["queued_jobs"] == [], "in-flight demo periods are not queued twice"
     with sqlite3.connect(database) as connection:
-        assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 4
+        assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 6
         assert (
-            connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 4
+            connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 6
         )
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
