@@ -31,6 +31,7 @@ from autopay.rails.authorization import (
 from autopay.rails.base import PaymentIntent
 from autopay.rails.x402_exact import VALID_AFTER_SKEW_SECONDS
 from config.errors import ServiceError
+from config.networks import network_config
 from subscriptions import periods
 from subscriptions.models import Payment, PresignedAuthorization, Subscription
 from subscriptions.services import SETTLED_STATUSES, subscription_lock
@@ -71,13 +72,18 @@ class NotOwner(ServiceError):
 # --- the one derivation ---------------------------------------------------------------------
 
 
+def chain_id_of(network: str) -> int:
+    """The EVM chain id of a CAIP-2 ``eip155:<id>`` network."""
+    return int(network.split(":", 1)[1])
+
+
 def period_nonce(
-    *, subscription_id: int, payer: str, token_address: str, period_start: datetime
+    *, network: str, subscription_id: int, payer: str, token_address: str, period_start: datetime
 ) -> str:
-    """The EIP-3009 nonce of a billing period on this deployment's chain (custodial and
-    pre-signed alike)."""
+    """The EIP-3009 nonce of a billing period on its network's chain (custodial, pre-signed
+    and x402 HTTP alike)."""
     return derive_authorization_nonce(
-        chain_id=settings.CHAIN_ID,
+        chain_id=chain_id_of(network),
         token_address=token_address,
         payer=payer,
         subscription_id=subscription_id,
@@ -89,17 +95,19 @@ def requested_authorization(*, subscription: Subscription, index: int) -> Transf
     """The authorization this subscription asks its payer to sign for period ``index``."""
     start = subscription.period_start(index)
     end = subscription.period_start(index + 1)
+    network = network_config(subscription.network)
     return TransferAuthorization(
         token_address=to_checksum_address(subscription.token_address),
-        chain_id=settings.CHAIN_ID,
-        token_name=settings.TOKEN_EIP712_NAME,
-        token_version=settings.TOKEN_EIP712_VERSION,
+        chain_id=chain_id_of(subscription.network),
+        token_name=network.token_name if network else settings.TOKEN_EIP712_NAME,
+        token_version=network.token_version if network else settings.TOKEN_EIP712_VERSION,
         payer=to_checksum_address(subscription.payer_address),
         recipient=to_checksum_address(subscription.recipient_address),
         value=subscription.amount_atomic,
         valid_after=int(start.timestamp()) - VALID_AFTER_SKEW_SECONDS,
         valid_before=int(end.timestamp()),
         nonce=period_nonce(
+            network=subscription.network,
             subscription_id=subscription.pk,
             payer=subscription.payer_address,
             token_address=subscription.token_address,

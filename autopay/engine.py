@@ -25,6 +25,7 @@ from autopay.rails import get_rail
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.signers import payment_signer
+from config.networks import NetworkConfig, network_config, use_network
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
@@ -113,6 +114,17 @@ class _Hooks:
         self.payment.transaction_hash = ""
 
 
+def payment_network(payment: Payment) -> NetworkConfig:
+    """The configured network a payment is made on (AUTOPAY_NETWORKS)."""
+    network = network_config(payment.network)
+    if network is None:
+        raise errors.UnsupportedNetwork(
+            f"payment is on {payment.network}, which this deployment does not pay on "
+            "(AUTOPAY_NETWORKS)"
+        )
+    return network
+
+
 def payment_intent(payment: Payment) -> PaymentIntent:
     """What a rail needs of a payment, as plain data (with the nonce derived from it)."""
     return PaymentIntent(
@@ -125,6 +137,7 @@ def payment_intent(payment: Payment) -> PaymentIntent:
         amount_atomic=payment.amount_atomic,
         nonce=payment.authorization_nonce
         or period_nonce(
+            network=payment.network,
             subscription_id=payment.subscription_id,
             payer=payment.payer_address,
             token_address=payment.token_address,
@@ -298,13 +311,15 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
 
     hooks = _Hooks(job, payment, worker_id)
     try:
-        intent = subscription_intent(payment, payment_intent(payment))
-        rail = get_rail(intent)
-        if rail is None:
-            raise errors.RailNotConfigured(
-                "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
-            )
-        settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
+        # Everything below talks to the payment's own network (its RPC, relayer, token).
+        with use_network(payment_network(payment)):
+            intent = subscription_intent(payment, payment_intent(payment))
+            rail = get_rail(intent)
+            if rail is None:
+                raise errors.RailNotConfigured(
+                    "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
+                )
+            settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
         return _wait_for_configuration(job, worker_id, error, error)
     except ImproperlyConfigured as exc:

@@ -8,9 +8,10 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from autopay.engine import payment_intent, settlement_result
+from autopay.engine import payment_intent, payment_network, settlement_result
 from autopay.rails import get_rail
 from autopay.rails.base import Settlement
+from config.networks import use_network
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
@@ -26,13 +27,17 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
     Candidates: payments left 'submitted' or 'processing' with no job in flight, and failed
     payments that carry a transaction hash (the transfer may have landed after all).
     """
-    rail = get_rail()
-    if rail is None:
+    if get_rail() is None:
         return {"reconciled": 0}
     reconciled = 0
     for payment in _candidates(older_than_seconds=older_than_seconds, batch_size=batch_size):
         try:
-            settlement = rail.reconcile(payment_intent(payment))
+            # Each payment is asked of its own network's chain.
+            with use_network(payment_network(payment)):
+                rail = get_rail()
+                if rail is None:
+                    continue
+                settlement = rail.reconcile(payment_intent(payment))
         except errors.SettlementPending:
             continue
         except Exception as error:

@@ -292,6 +292,9 @@ AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS = env.int(
 AUTOPAY_RESOURCE_ALLOWED_HOSTS = env.list("AUTOPAY_RESOURCE_ALLOWED_HOSTS", default=[])
 # Timeout of each request to a paid resource (s); shorter than the task's soft time limit.
 AUTOPAY_RESOURCE_TIMEOUT_SECONDS = env.float("AUTOPAY_RESOURCE_TIMEOUT_SECONDS", default=20.0)
+# Several networks in one deployment: a JSON list of networks (see config/networks.py);
+# unset, the one network of CHAIN_* / TOKEN_* / RELAYER_PRIVATE_KEY.
+AUTOPAY_NETWORKS = env.json("AUTOPAY_NETWORKS", default=[])
 # Development only (bin/run): the demo paid service the demo data subscribes to.
 AUTOPAY_DEMO_PAID_SERVICE_URL = env.str("AUTOPAY_DEMO_PAID_SERVICE_URL", default="")
 # Fernet keys (urlsafe base64, 32 bytes) that encrypt payer wallet keys at rest, newest first:

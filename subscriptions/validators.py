@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from eth_utils import is_checksum_address, to_checksum_address
 
+from config.networks import network_registry
 from subscriptions import periods
 
 ZERO_ADDRESS = "0x" + "0" * 40
@@ -34,7 +35,8 @@ def validate_network(value: str) -> None:
         raise ValidationError(
             "Network must be a CAIP-2 EVM chain id such as eip155:8453.", code="network"
         )
-    if value not in settings.AUTOPAY_SUPPORTED_NETWORKS:
+    configured = bool(settings.AUTOPAY_NETWORKS) and value in network_registry()
+    if value not in settings.AUTOPAY_SUPPORTED_NETWORKS and not configured:
         supported = ", ".join(settings.AUTOPAY_SUPPORTED_NETWORKS)
         raise ValidationError(
             f"Network {value} is not supported here (supported: {supported}).", code="network"
@@ -62,7 +64,14 @@ def validate_amount(value: Decimal, *, decimals: int) -> None:
 
 
 def network_tokens() -> dict[str, str]:
-    """The allow-list: AUTOPAY_NETWORK_TOKENS, or TOKEN_ADDRESS on CHAIN_NETWORK."""
+    """The allow-list: the networks of AUTOPAY_NETWORKS, or AUTOPAY_NETWORK_TOKENS, or
+    TOKEN_ADDRESS on CHAIN_NETWORK."""
+    if settings.AUTOPAY_NETWORKS:
+        return {
+            config.network: config.token_address
+            for config in network_registry().values()
+            if config.token_address
+        }
     if settings.AUTOPAY_NETWORK_TOKENS:
         return dict(settings.AUTOPAY_NETWORK_TOKENS)
     return {settings.CHAIN_NETWORK: settings.TOKEN_ADDRESS} if settings.TOKEN_ADDRESS else {}

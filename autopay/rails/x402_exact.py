@@ -32,6 +32,7 @@ from autopay.chain import client as chain
 from autopay.chain.relayer import SettlementContext, get_relayer, settlement_context
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
+from config.networks import active_network
 from subscriptions import errors
 
 logger = logging.getLogger(__name__)
@@ -108,12 +109,14 @@ class X402ExactRail:
 
     @classmethod
     def from_settings(cls) -> X402ExactRail:
+        """The rail of the network being paid on (config.networks.use_network)."""
+        network = active_network()
         return cls(
             facilitator=_facilitator_from_settings(),
-            chain_id=settings.CHAIN_ID,
-            network=settings.CHAIN_NETWORK,
-            token_name=settings.TOKEN_EIP712_NAME,
-            token_version=settings.TOKEN_EIP712_VERSION,
+            chain_id=network.chain_id,
+            network=network.network,
+            token_name=network.token_name,
+            token_version=network.token_version,
             validity_seconds=settings.AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS,
             remote=bool(settings.X402_FACILITATOR_URL),
         )

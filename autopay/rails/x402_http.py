@@ -34,6 +34,7 @@ from autopay.chain import client as chain
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
 from autopay.rails.x402_exact import VALID_AFTER_SKEW_SECONDS, X402ExactRail
+from config.networks import active_network
 from subscriptions import errors
 
 logger = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ class X402HttpRail:
 
     @classmethod
     def from_settings(cls) -> X402HttpRail:
+        network = active_network()
         return cls(
             exact=X402ExactRail.from_settings(),
-            chain_id=settings.CHAIN_ID,
-            token_name=settings.TOKEN_EIP712_NAME,
-            token_version=settings.TOKEN_EIP712_VERSION,
+            chain_id=network.chain_id,
+            token_name=network.token_name,
+            token_version=network.token_version,
             validity_seconds=settings.AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS,
             timeout_seconds=settings.AUTOPAY_RESOURCE_TIMEOUT_SECONDS,
         )

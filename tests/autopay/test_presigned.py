@@ -142,6 +142,7 @@ def test_unsigned_typed_data_is_what_the_engine_would_submit(
         assert message["value"] == str(AMOUNT_ATOMIC)
         # The same derivation the engine uses: the chain accepts one settlement per period.
         assert message["nonce"] == period_nonce(
+            network="eip155:31337",
             subscription_id=subscription_id,
             payer=payer.address,
             token_address=token_address,

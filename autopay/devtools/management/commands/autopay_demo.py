@@ -26,6 +26,7 @@ from autopay.chain.client import get_web3, token_balance
 from autopay.devtools.anvil import ANVIL_DEV_KEYS
 from autopay.devtools.contracts import mint
 from autopay.devtools.management.commands._chain import minter_key
+from config.networks import network_registry, use_network
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import PayerWallet, Subscription
@@ -122,6 +123,7 @@ class Command(BaseCommand):
                 pass
         queued.extend(self._presigned(operator, w3, key))
         queued.extend(self._paid_service(operator, wallets["demo payer (funded)"]))
+        queued.extend(self._other_networks(operator, wallets["demo payer (funded)"], key))
         result = {
             "username": operator.username,
             "password": options["password"],
@@ -135,8 +137,8 @@ class Command(BaseCommand):
             for field, value in result.items():
                 self.stdout.write(f"{field}: {value}")
 
-    def _trigger(self, subscription: Subscription) -> list[str]:
-        if subscription.token_address != settings.TOKEN_ADDRESS:
+    def _trigger(self, subscription: Subscription, token: str = "") -> list[str]:
+        if subscription.token_address != (token or settings.TOKEN_ADDRESS):
             return []  # made against an earlier chain; left as history
         try:
             return [str(payment_trigger(subscription=subscription).pk)]
@@ -213,3 +215,33 @@ class Command(BaseCommand):
                 resource_url=base.rstrip("/") + path,
             )
         return self._trigger(subscription)
+
+    def _other_networks(self, operator: Any, wallet: PayerWallet, key: str) -> list[str]:
+        """A subscription on each further network (AUTOPAY_NETWORKS), paid from the same
+        wallet funded on that chain: one deployment, several chains."""
+        queued: list[str] = []
+        for network in network_registry().values():
+            if network.network == settings.CHAIN_NETWORK or not network.token_address:
+                continue
+            with use_network(network):
+                target = 1000 * 10**network.token_decimals
+                balance = token_balance(network.token_address, wallet.address)
+                if balance < target:
+                    mint(get_web3(), network.token_address, key, wallet.address, target - balance)
+            service = f"Demo Cloud Storage ({network.network})"
+            subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+            if subscription is None:
+                subscription = services.subscription_create(
+                    owner=operator,
+                    service_name=service,
+                    payer_address=wallet.address,
+                    recipient_address=DEMO_RECIPIENT,
+                    amount=Decimal("7.5"),
+                    token_address=network.token_address,
+                    network=network.network,
+                    interval_unit="month",
+                    interval_count=1,
+                    wallet=wallet,
+                )
+            queued.extend(self._trigger(subscription, network.token_address))
+        return queued
