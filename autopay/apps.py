@@ -7,7 +7,9 @@ class AutopayConfig(AppConfig):
 
     def ready(self) -> None:
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
+        from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
-        from config.health import register_payment_check
+        from config.health import register_network_report, register_payment_check
 
         register_payment_check(configuration_problems)
+        register_network_report(networks_report)

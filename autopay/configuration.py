@@ -12,6 +12,7 @@ from eth_account import Account
 from eth_utils import is_address
 
 from autopay.rails.x402_exact import FACILITATOR_CREDENTIALS_REFUSED
+from config.networks import network_registry
 from jobs.models import Job
 from subscriptions.custody import KeyCustodyError, custody_problem, decrypt_private_key
 from subscriptions.errors import ConfigurationError
@@ -38,13 +39,17 @@ def configuration_problems() -> list[str]:
                     "AUTOPAY_KEY_ENCRYPTION_KEYS (a key was changed without rotation)"
                 )
     if not settings.X402_FACILITATOR_URL:
-        if not settings.RELAYER_PRIVATE_KEY:
-            problems.append("relayer: RELAYER_PRIVATE_KEY is not set (nobody can pay the gas)")
-        else:
+        for config in network_registry().values():
+            where = "" if not settings.AUTOPAY_NETWORKS else f" of {config.network}"
+            if not config.relayer_private_key:
+                problems.append(
+                    f"relayer: RELAYER_PRIVATE_KEY{where} is not set (nobody can pay the gas)"
+                )
+                continue
             try:
-                Account.from_key(settings.RELAYER_PRIVATE_KEY)
+                Account.from_key(config.relayer_private_key)
             except (ValueError, TypeError):
-                problems.append("relayer: RELAYER_PRIVATE_KEY is not a valid private key")
+                problems.append(f"relayer: RELAYER_PRIVATE_KEY{where} is not a valid private key")
     tokens = network_tokens()
     if not tokens:
         problems.append("token: no token is configured (TOKEN_ADDRESS or AUTOPAY_NETWORK_TOKENS)")

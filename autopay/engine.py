@@ -21,10 +21,12 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from autopay.authorizations import period_nonce, subscription_intent
 from autopay.rails import get_rail
-from autopay.rails.authorization import TransferAuthorization, derive_authorization_nonce
+from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentIntent, Progress, Settlement
-from autopay.signers import signer_for_payment
+from autopay.signers import payment_signer
+from config.networks import NetworkConfig, network_config, use_network
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
@@ -60,13 +62,9 @@ class _Hooks:
         job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=int(step))
 
     def sign(self, authorization: TransferAuthorization) -> str:
-        """The payer's signature, by the payment's wallet if it is the subscription owner's."""
-        signer = signer_for_payment(
-            wallet_id=self.payment.wallet_id,
-            owner_id=self.payment.subscription.owner_id,
-            payer_address=self.payment.payer_address,
-        )
-        return signer.sign(authorization)
+        """The payer's signature: the payment's wallet if it is the subscription owner's
+        (custodial), or the payer's own uploaded signature (pre-signed)."""
+        return payment_signer(self.payment).sign(authorization)
 
     def _payment_while_held(self) -> Any:
         """The payment row, writable only while this worker still holds the job's lease, so
@@ -137,6 +135,17 @@ class _Hooks:
         ).update(status=Payment.Status.PROCESSING, submitted_at=None, updated_at=timezone.now())
 
 
+def payment_network(payment: Payment) -> NetworkConfig:
+    """The configured network a payment is made on (AUTOPAY_NETWORKS)."""
+    network = network_config(payment.network)
+    if network is None:
+        raise errors.UnsupportedNetwork(
+            f"payment is on {payment.network}, which this deployment does not pay on "
+            "(AUTOPAY_NETWORKS)"
+        )
+    return network
+
+
 def payment_intent(payment: Payment) -> PaymentIntent:
     """What a rail needs of a payment, as plain data (with the nonce derived from it)."""
     return PaymentIntent(
@@ -148,12 +157,12 @@ def payment_intent(payment: Payment) -> PaymentIntent:
         recipient=payment.recipient_address,
         amount_atomic=payment.amount_atomic,
         nonce=payment.authorization_nonce
-        or derive_authorization_nonce(
-            chain_id=settings.CHAIN_ID,
-            token_address=payment.token_address,
-            payer=payment.payer_address,
+        or period_nonce(
+            network=payment.network,
             subscription_id=payment.subscription_id,
-            period_start=int(payment.period_start.timestamp()),
+            payer=payment.payer_address,
+            token_address=payment.token_address,
+            period_start=payment.period_start,
         ),
         search_from_block=payment.search_from_block,
         transaction_hash=payment.transaction_hash,
@@ -171,6 +180,7 @@ def settlement_result(payment: Payment, settlement: Settlement) -> dict[str, Any
         "paymentId": str(payment.pk),
         "blockNumber": settlement.block_number,
         "reconciled": settlement.reconciled,
+        **({"serviceReceipt": settlement.service_receipt} if settlement.service_receipt else {}),
     }
 
 
@@ -363,13 +373,15 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
 
     hooks = _Hooks(job, payment, worker_id)
     try:
-        rail = get_rail()
-        if rail is None:
-            raise errors.RailNotConfigured(
-                "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
-            )
-        intent = payment_intent(payment)
-        settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
+        # Everything below talks to the payment's own network (its RPC, relayer, token).
+        with use_network(payment_network(payment)):
+            intent = subscription_intent(payment, payment_intent(payment))
+            rail = get_rail(intent)
+            if rail is None:
+                raise errors.RailNotConfigured(
+                    "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
+                )
+            settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
         return _wait_for_configuration(job, worker_id, error, error)
     except ImproperlyConfigured as exc:

@@ -37,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from autopay.chain.status import networks_status
 from config.redis import get_redis
 from jobs.alerts import alerts_evaluate
 from jobs.analytics import OPERATOR_SCOPE
@@ -100,6 +101,7 @@ class AutopayCollector(Collector):
         yield from _redis_metrics()
         yield from _alert_metrics()
         yield from _webhook_metrics()
+        yield from _network_metrics()
 
 
 def _alert_metrics() -> Iterator[Metric]:
@@ -194,6 +196,31 @@ def _payment_metrics() -> Iterator[Metric]:
     for label, count in sorted(merged.items()):
         by_code.add_metric([label], count)
     yield by_code
+
+
+def _network_metrics() -> Iterator[Metric]:
+    """Per network: is its RPC answering, its head block, and its payments by status."""
+    up = GaugeMetricFamily(
+        "autopay_network_up", "1 when the network's RPC answers.", labels=["network"]
+    )
+    head = GaugeMetricFamily(
+        "autopay_network_head_block", "The network's latest block.", labels=["network"]
+    )
+    for name, status in networks_status().items():
+        up.add_metric([name], 1 if status.reachable else 0)
+        if status.block_number is not None:
+            head.add_metric([name], status.block_number)
+    yield up
+    yield head
+    payments = GaugeMetricFamily(
+        "autopay_network_payments",
+        "Payments by network and status (subscriptions.Payment rows).",
+        labels=["network", "status"],
+    )
+    rows = Payment.objects.values_list("network", "status").annotate(n=Count("id")).order_by()
+    for network, status, count in rows:
+        payments.add_metric([network, status], count)
+    yield payments
 
 
 def _settlement_latency() -> Iterator[Metric]:

@@ -9,9 +9,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from autopay.engine import payment_intent, settlement_result
+from autopay.engine import payment_intent, payment_network, settlement_result
 from autopay.rails import get_rail
 from autopay.rails.base import Settlement
+from config.networks import use_network
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
@@ -32,13 +33,17 @@ def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) 
     signed, with no hash (a remote facilitator may have settled it without telling us): the
     transfer may have landed after all.
     """
-    rail = get_rail()
-    if rail is None:
+    if get_rail() is None:
         return {"reconciled": 0}
     reconciled = 0
     for payment in _candidates(older_than_seconds=older_than_seconds, batch_size=batch_size):
         try:
-            settlement = rail.reconcile(payment_intent(payment))
+            # Each payment is asked of its own network's chain.
+            with use_network(payment_network(payment)):
+                rail = get_rail()
+                if rail is None:
+                    continue
+                settlement = rail.reconcile(payment_intent(payment))
         except errors.SettlementPending:
             continue
         except Exception as error:

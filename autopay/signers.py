@@ -1,18 +1,26 @@
-"""Who signs for the payer. One interface, so that pre-signed authorizations uploaded by a payer
-(no key held) can be added beside server-held wallets without touching the worker."""
+"""Who signs for the payer. One interface: a server-held wallet (custodial) or the payer's own
+signature uploaded in advance (pre-signed: no key held at all)."""
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 from eth_account import Account
 from eth_utils import to_checksum_address
 
+from autopay.authorizations import mismatch, stored_authorization
 from autopay.rails.authorization import TRANSFER_WITH_AUTHORIZATION_TYPES, TransferAuthorization
 from subscriptions.custody import KeyCustodyError, decrypt_private_key
-from subscriptions.errors import ConfigurationError, SignerUnavailable
-from subscriptions.models import PayerWallet
+from subscriptions.errors import (
+    AuthorizationCanceled,
+    AuthorizationMissing,
+    ConfigurationError,
+    SignerUnavailable,
+)
+from subscriptions.models import PayerWallet, Payment, PresignedAuthorization
+from subscriptions.selectors import signed_periods_remaining
 
 
 class AuthorizationSigner(Protocol):
@@ -74,3 +82,57 @@ def signer_for_payment(
     if to_checksum_address(wallet.address) != to_checksum_address(payer_address):
         raise SignerUnavailable("the attached wallet does not hold the payer's key")
     return ServerWalletSigner(wallet)
+
+
+class PresignedSigner:
+    """Holds no key: hands over the payer's own signature, uploaded in advance, and only for
+    exactly the authorization the payer signed (every field, window included)."""
+
+    def __init__(self, stored: PresignedAuthorization | None, *, payment: Payment) -> None:
+        self._stored = stored
+        self._payment = payment
+        self.address = payment.payer_address
+
+    def __repr__(self) -> str:
+        return f"<PresignedSigner {self.address}>"
+
+    def _missing(self, why: str) -> AuthorizationMissing:
+        subscription = self._payment.subscription
+        remaining = signed_periods_remaining(subscription=subscription)
+        return AuthorizationMissing(
+            f"{why}; {remaining} coming period(s) remain signed. Upload the payer's signature "
+            f"(POST /api/subscriptions/{subscription.pk}/authorizations); nothing was charged."
+        )
+
+    def sign(self, authorization: TransferAuthorization) -> str:
+        stored = self._stored
+        period = self._payment.period_index
+        if stored is None:
+            raise self._missing(f"no pre-signed authorization for period {period}")
+        if stored.canceled_at is not None:
+            raise AuthorizationCanceled(
+                f"the payer canceled the authorization of period {period} on chain"
+            )
+        if stored.valid_before <= int(time.time()) + stored.MINIMUM_REMAINING_SECONDS:
+            raise self._missing(
+                f"the authorization of period {period} expired (validBefore {stored.valid_before})"
+            )
+        difference = mismatch(stored, authorization)
+        if difference is not None:
+            raise self._missing(
+                f"the authorization of period {period} no longer matches the subscription "
+                f"({difference})"
+            )
+        return stored.signature
+
+
+def payment_signer(payment: Payment) -> AuthorizationSigner:
+    """The signer of a payment, by its subscription's mode."""
+    subscription = payment.subscription
+    if subscription.is_presigned:
+        return PresignedSigner(stored_authorization(payment), payment=payment)
+    return signer_for_payment(
+        wallet_id=payment.wallet_id,
+        owner_id=subscription.owner_id,
+        payer_address=payment.payer_address,
+    )

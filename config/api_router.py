@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
+from autopay.api.authorizations import AuthorizationsView, UnsignedAuthorizationsView
 from autopay.api.tokens import LogoutView, TokenDetailView, TokenListCreateView
 from autopay.api.views import WalletBalanceView
 from config.api import OptionalSlashRouter
@@ -38,6 +39,16 @@ urlpatterns = [
     path("analytics", AnalyticsView.as_view(), name="analytics"),
     re_path(
         r"^wallets/(?P<pk>[0-9]+)/balance/?$", WalletBalanceView.as_view(), name="wallet-balance"
+    ),
+    re_path(
+        r"^subscriptions/(?P<pk>[0-9]+)/authorizations/unsigned/?$",
+        UnsignedAuthorizationsView.as_view(),
+        name="subscription-authorizations-unsigned",
+    ),
+    re_path(
+        r"^subscriptions/(?P<pk>[0-9]+)/authorizations/?$",
+        AuthorizationsView.as_view(),
+        name="subscription-authorizations",
     ),
     *router.urls,
 ]

@@ -54,6 +54,26 @@ def register_payment_check(check: Callable[[], list[str]]) -> None:
         _payment_checks.append(check)
 
 
+# Per-network reports (AppConfig.ready): each configured network's RPC state and head block.
+_network_reports: list[Callable[[], dict[str, dict[str, object]]]] = []
+
+
+def register_network_report(report: Callable[[], dict[str, dict[str, object]]]) -> None:
+    """Add each network's state to /health (called from an AppConfig.ready())."""
+    if report not in _network_reports:
+        _network_reports.append(report)
+
+
+def _networks() -> dict[str, dict[str, object]]:
+    networks: dict[str, dict[str, object]] = {}
+    for report in _network_reports:
+        try:
+            networks.update(report())
+        except Exception:
+            logger.warning("health: network report failed", exc_info=True)
+    return networks
+
+
 def _payment_problems() -> list[str]:
     problems: list[str] = []
     for check in _payment_checks:
@@ -86,4 +106,9 @@ def health(request: HttpRequest) -> JsonResponse:
     }
     if problems:
         body["paymentsProblems"] = problems
+    # Each network on its own: an unreachable one delays only its own payments (its jobs
+    # retry with rpc_unavailable), so it is reported here without failing the whole health.
+    networks = _networks()
+    if networks:
+        body["networks"] = networks
     return JsonResponse(body, status=200 if healthy else 503)

@@ -327,6 +327,17 @@ AUTOPAY_SUPPORTED_NETWORKS = env.list(
 AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS = env.int(
     "AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS", default=3600
 )
+# Subscriptions paid through a service's own x402 endpoint (resource_url): the hosts the
+# worker may call (comma-separated; "*" any). Empty: no resource_url is accepted, so that a
+# user cannot make the worker request internal addresses (SSRF) unless the operator says so.
+AUTOPAY_RESOURCE_ALLOWED_HOSTS = env.list("AUTOPAY_RESOURCE_ALLOWED_HOSTS", default=[])
+# Timeout of each request to a paid resource (s); shorter than the task's soft time limit.
+AUTOPAY_RESOURCE_TIMEOUT_SECONDS = env.float("AUTOPAY_RESOURCE_TIMEOUT_SECONDS", default=20.0)
+# Several networks in one deployment: a JSON list of networks (see config/networks.py);
+# unset, the one network of CHAIN_* / TOKEN_* / RELAYER_PRIVATE_KEY.
+AUTOPAY_NETWORKS = env.json("AUTOPAY_NETWORKS", default=[])
+# Development only (bin/run): the demo paid service the demo data subscribes to.
+AUTOPAY_DEMO_PAID_SERVICE_URL = env.str("AUTOPAY_DEMO_PAID_SERVICE_URL", default="")
 # Fernet keys (urlsafe base64, 32 bytes) that encrypt payer wallet keys at rest, newest first:
 # the first encrypts, every one decrypts (MultiFernet), so a key can be rotated without
 # downtime (`manage.py autopay_rotate_wallet_keys` re-encrypts every wallet with the newest).

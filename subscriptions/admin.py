@@ -15,7 +15,7 @@ from config.admin_log import admin_log_action
 from config.export import queryset_csv
 from subscriptions import services, validators
 from subscriptions.exports import PAYMENT_CSV_COLUMNS
-from subscriptions.models import PayerWallet, Payment, Subscription
+from subscriptions.models import PayerWallet, Payment, PresignedAuthorization, Subscription
 
 # What an operator may change on an existing subscription: what the API may change. The
 # billing schedule (anchor, interval) and the token stay as they are, because changing them
@@ -93,12 +93,21 @@ class SubscriptionAdminForm(forms.ModelForm):
         # subscription). The billing anchor is the operator's to set freely.
         wallet = cleaned.get("wallet", getattr(self.instance, "wallet", None))
         owner = cleaned.get("owner") or getattr(self.instance, "owner", None)
-        if wallet is None:
+        if self.instance.is_presigned:
+            # Pre-signed (created through the API): the payer signs; no wallet is attached.
+            if wallet is not None:
+                self.add_error("wallet", "A pre-signed subscription has no server-held wallet.")
+        elif wallet is None:
             self.add_error("wallet", "Attach one of the owner's wallets.")
         elif owner is not None and wallet.owner_id != owner.pk:
             self.add_error("wallet", "The wallet belongs to another user.")
         else:
             self.instance.payer_address = wallet.address
+        payer = (
+            self.instance.payer_address
+            if self.instance.is_presigned
+            else (wallet.address if wallet is not None else None)
+        )
         network = cleaned.get("network", self.instance.network)
         token = cleaned.get("token_address", self.instance.token_address)
         if network and token and "token_address" in self.fields:
@@ -111,7 +120,7 @@ class SubscriptionAdminForm(forms.ModelForm):
             try:
                 validators.validate_recipient(
                     recipient,
-                    payer=wallet.address if wallet is not None else None,
+                    payer=payer,
                     token_address=token or None,
                 )
             except ValidationError as exc:
@@ -136,6 +145,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     )
     list_filter = (
         "status",
+        "mode",
         "auto_pay_enabled",
         "interval_unit",
         "network",
@@ -145,6 +155,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     )
     search_fields = ("=id", "service_name", "payer_address", "recipient_address", "owner__username")
     readonly_fields = (
+        "mode",
         "payer_address",
         "status",
         "status_reason",
@@ -281,3 +292,39 @@ class PayerWalletAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return ("owner", "address", "created_at") if obj else self.readonly_fields
+
+
+# Pre-signed authorizations uploaded by payers: read-only, never the signatures.
+@admin.register(PresignedAuthorization)
+class PresignedAuthorizationAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "subscription",
+        "period_index",
+        "period_start",
+        "value_atomic",
+        "valid_before",
+        "canceled_at",
+    )
+    list_filter = ("canceled_at",)
+    search_fields = ("=subscription__id", "payer_address", "nonce")
+    fields = (
+        "subscription",
+        "period_index",
+        "period_start",
+        "payer_address",
+        "recipient_address",
+        "token_address",
+        "chain_id",
+        "value_atomic",
+        "valid_after",
+        "valid_before",
+        "nonce",
+        "canceled_at",
+        "created_at",
+    )
+    readonly_fields = fields
+    list_select_related = ("subscription",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

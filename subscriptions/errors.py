@@ -158,6 +158,42 @@ class AuthorizationCanceled(PermanentPaymentError):
     code = "authorization_canceled"
 
 
+class AuthorizationMissing(PermanentPaymentError):
+    """A pre-signed subscription has no usable authorization for this period: none was
+    uploaded, its window has ended, or it was signed for other terms (amount, recipient)."""
+
+    code = "authorization_missing"
+
+
+class RequirementsMismatch(PermanentPaymentError):
+    """The service's x402 payment requirements differ from the subscription (asset, network,
+    recipient, a higher amount) or it asked for no payment: nothing was signed."""
+
+    code = "requirements_mismatch"
+
+
+class ResourceUnavailable(TransientPaymentError):
+    """The service's paid endpoint could not be reached, timed out or answered 5xx before any
+    payment was sent."""
+
+    code = "resource_unavailable"
+
+
+class ResourceRefused(PermanentPaymentError):
+    """The service's paid endpoint refused the request or the payment (4xx other than 402,
+    or a 402 after paying with a reason that retrying cannot fix)."""
+
+    code = "resource_refused"
+
+
+class ServiceNotSettled(TransientPaymentError):
+    """The service accepted the payment header but the chain shows no settlement of our
+    authorization (yet): the next attempt asks the chain first, then pays with the same
+    nonce, so at most one charge."""
+
+    code = "service_not_settled"
+
+
 class SettlementFailed(PermanentPaymentError):
     """The settlement's simulation or transaction failed for a reason retrying cannot fix."""
 

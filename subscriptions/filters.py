@@ -15,6 +15,7 @@ class SubscriptionFilter(filters.FilterSet):
     auto_pay_enabled = filters.BooleanFilter()
     network = filters.CharFilter(help_text="CAIP-2 id, e.g. eip155:8453.")
     interval_unit = filters.ChoiceFilter(choices=Subscription.IntervalUnit.choices)
+    mode = filters.ChoiceFilter(choices=Subscription.Mode.choices)
     service = filters.CharFilter(
         field_name="service_name", lookup_expr="icontains", help_text="Part of the service name."
     )

@@ -39,6 +39,12 @@ class PayerWallet(models.Model):
 
 
 class Subscription(models.Model):
+    class Mode(models.TextChoices):
+        # A server-held wallet of the owner signs each period (PayerWallet).
+        CUSTODIAL = "custodial", "Custodial (server-held wallet)"
+        # The payer signs each period's authorization in advance; the server holds no key.
+        PRESIGNED = "presigned", "Pre-signed (payer signs ahead, no key held)"
+
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         PAST_DUE = "past_due", "Past due (payment failed, retrying)"
@@ -65,6 +71,7 @@ class Subscription(models.Model):
         db_index=False,
     )
     service_name = models.CharField(max_length=200)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CUSTODIAL)
     payer_address = models.CharField(max_length=42)
     recipient_address = models.CharField(max_length=42)
     wallet = models.ForeignKey(
@@ -81,6 +88,13 @@ class Subscription(models.Model):
     token_address = models.CharField(max_length=42)
     token_decimals = models.PositiveSmallIntegerField(default=6)
     network = models.CharField(max_length=64, help_text="CAIP-2 chain id, e.g. eip155:8453")
+    # x402 HTTP: when set, each period is paid through this paid endpoint of the service
+    # (402 -> signed payment header -> the service's facilitator settles) instead of settling
+    # the authorization ourselves.
+    resource_url = models.URLField(max_length=500, blank=True, default="")
+    resource_method = models.CharField(
+        max_length=8, choices=[("GET", "GET"), ("POST", "POST")], default="GET"
+    )
     interval_unit = models.CharField(
         max_length=8, choices=IntervalUnit.choices, default=IntervalUnit.MONTH
     )
@@ -141,6 +155,10 @@ class Subscription(models.Model):
     @property
     def amount_atomic(self) -> int:
         return to_atomic(self.amount, self.token_decimals)
+
+    @property
+    def is_presigned(self) -> bool:
+        return self.mode == self.Mode.PRESIGNED
 
     @property
     def is_chargeable(self) -> bool:
@@ -233,3 +251,49 @@ class Payment(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in (self.Status.COMPLETED, self.Status.FAILED, self.Status.WAIVED)
+
+
+class PresignedAuthorization(models.Model):
+    """A payer's EIP-3009 TransferWithAuthorization for one billing period of a pre-signed
+    subscription, signed in advance and verified before it was stored. The server holds no
+    key: at the period's start the engine only submits this signature.
+
+    One per period (a new upload replaces it; both carry the period's derived nonce, so the
+    token contract accepts at most one of them).
+    """
+
+    # An authorization whose window ends sooner than this is not submitted (nor stored).
+    MINIMUM_REMAINING_SECONDS = 60
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="authorizations", db_index=False
+    )
+    period_index = models.PositiveIntegerField()
+    period_start = models.DateTimeField()
+    # The signed message, exactly as the payer signed it.
+    payer_address = models.CharField(max_length=42)
+    recipient_address = models.CharField(max_length=42)
+    token_address = models.CharField(max_length=42)
+    chain_id = models.BigIntegerField()
+    value_atomic = models.DecimalField(max_digits=78, decimal_places=0)
+    valid_after = models.BigIntegerField()
+    valid_before = models.BigIntegerField()
+    nonce = models.CharField(max_length=66)
+    # 65-byte ECDSA signature, 0x-hex. Not a secret (it can only pay the recipient this
+    # period's amount) but never shown by the API: the chain is where it is spent.
+    signature = models.CharField(max_length=132)
+    # Set when the engine found the nonce canceled on chain by the payer (cancelAuthorization).
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("subscription_id", "period_start")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"], name="presigned_one_per_period"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Authorization of subscription {self.subscription_id}, period {self.period_index}"

@@ -8,14 +8,15 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from eth_account import Account
 
 from config.errors import ServiceError, StateConflict
-from subscriptions import errors, periods
+from subscriptions import errors, periods, validators
 from subscriptions.custody import encrypt_private_key
-from subscriptions.models import PayerWallet, Payment, Subscription
+from subscriptions.models import PayerWallet, Payment, PresignedAuthorization, Subscription
 from subscriptions.webhooks import events as webhook_events
 from subscriptions.webhooks.models import EventType
 
@@ -41,6 +42,29 @@ class ForeignWallet(SubscriptionStateError):
     code = "foreign_wallet"
 
 
+def _check_payer(*, mode: str, owner_id: Any, wallet: Any, payer_address: str) -> None:
+    """Custodial: the owner's own wallet pays. Pre-signed: no wallet; the payer address is
+    whoever will sign each period (they prove it with every signature)."""
+    if mode == Subscription.Mode.PRESIGNED:
+        if wallet is not None:
+            raise ForeignWallet("A pre-signed subscription has no server-held wallet.")
+        try:
+            validators.validate_checksum_address(payer_address)
+        except DjangoValidationError as exc:
+            raise SubscriptionStateError(f"payer_address: {exc.messages[0]}") from exc
+        return
+    _check_wallet(owner_id=owner_id, wallet=wallet, payer_address=payer_address)
+
+
+def _check_resource_url(url: str) -> None:
+    if not url:
+        return
+    try:
+        validators.validate_resource_url(url)
+    except DjangoValidationError as exc:
+        raise SubscriptionStateError(f"resource_url: {exc.messages[0]}") from exc
+
+
 def _check_wallet(*, owner_id: Any, wallet: Any, payer_address: str) -> None:
     if wallet is None:
         raise ForeignWallet("A custodial subscription needs one of its owner's wallets.")
@@ -60,6 +84,8 @@ UPDATABLE_FIELDS = (
     "auto_pay_enabled",
     "wallet",
     "payer_address",
+    "resource_url",
+    "resource_method",
 )
 
 
@@ -89,16 +115,24 @@ def subscription_create(
     auto_pay_enabled: bool = True,
     wallet: Any = None,
     token_decimals: int | None = None,
+    mode: str = Subscription.Mode.CUSTODIAL,
+    resource_url: str = "",
+    resource_method: str = "GET",
 ) -> Subscription:
     """Create a subscription whose first period starts at ``billing_anchor`` (default now).
 
-    It is paid from ``wallet``, which must be the owner's and hold ``payer_address``'s key.
+    Custodial: paid from ``wallet``, which must be the owner's and hold ``payer_address``'s
+    key. Pre-signed: no wallet; ``payer_address`` signs each period in advance.
     """
-    _check_wallet(owner_id=owner.pk, wallet=wallet, payer_address=payer_address)
+    _check_payer(mode=mode, owner_id=owner.pk, wallet=wallet, payer_address=payer_address)
+    _check_resource_url(resource_url)
     anchor = billing_anchor or timezone.now()
     subscription = Subscription(
         owner=owner,
         service_name=service_name,
+        mode=mode,
+        resource_url=resource_url,
+        resource_method=resource_method,
         payer_address=payer_address,
         recipient_address=recipient_address,
         amount=amount,
@@ -133,10 +167,12 @@ def subscription_update(*, subscription: Subscription, **changes: Any) -> Subscr
         subscription = subscription_lock(subscription)
         if subscription.status == Subscription.Status.CANCELED:
             raise SubscriptionStateError("A canceled subscription cannot be changed.")
+        _check_resource_url(changes.get("resource_url", ""))
         for field, value in changes.items():
             setattr(subscription, field, value)
         if "wallet" in changes or "payer_address" in changes:
-            _check_wallet(
+            _check_payer(
+                mode=subscription.mode,
                 owner_id=subscription.owner_id,
                 wallet=subscription.wallet,
                 payer_address=subscription.payer_address,
@@ -176,7 +212,8 @@ def subscription_resume(*, subscription: Subscription) -> Subscription:
         # one of its owner's own wallets.
         wallet = subscription.wallet
         if subscription.status_reason or (wallet and wallet.owner_id != subscription.owner_id):
-            _check_wallet(
+            _check_payer(
+                mode=subscription.mode,
                 owner_id=subscription.owner_id,
                 wallet=wallet,
                 payer_address=subscription.payer_address,
@@ -415,6 +452,12 @@ def payment_record_failure(*, payment: Payment, code: str, message: str) -> Paym
         locked.error_code = code
         locked.error_message = message[:2000]
         locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+        if code == errors.AuthorizationCanceled.code:
+            # The payer canceled this period's pre-signed authorization on chain: it is never
+            # submitted again, and no longer counts as a signed period.
+            PresignedAuthorization.objects.filter(
+                subscription_id=locked.subscription_id, period_start=locked.period_start
+            ).update(canceled_at=now)
         subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
         previous_status = subscription.status
         if code != errors.SubscriptionNotActive.code and subscription.status in (

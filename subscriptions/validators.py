@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from eth_utils import is_checksum_address, to_checksum_address
 
+from config.networks import network_registry
 from subscriptions import periods
 
 ZERO_ADDRESS = "0x" + "0" * 40
@@ -33,7 +35,8 @@ def validate_network(value: str) -> None:
         raise ValidationError(
             "Network must be a CAIP-2 EVM chain id such as eip155:8453.", code="network"
         )
-    if value not in settings.AUTOPAY_SUPPORTED_NETWORKS:
+    configured = bool(settings.AUTOPAY_NETWORKS) and value in network_registry()
+    if value not in settings.AUTOPAY_SUPPORTED_NETWORKS and not configured:
         supported = ", ".join(settings.AUTOPAY_SUPPORTED_NETWORKS)
         raise ValidationError(
             f"Network {value} is not supported here (supported: {supported}).", code="network"
@@ -61,7 +64,14 @@ def validate_amount(value: Decimal, *, decimals: int) -> None:
 
 
 def network_tokens() -> dict[str, str]:
-    """The allow-list: AUTOPAY_NETWORK_TOKENS, or TOKEN_ADDRESS on CHAIN_NETWORK."""
+    """The allow-list: the networks of AUTOPAY_NETWORKS, or AUTOPAY_NETWORK_TOKENS, or
+    TOKEN_ADDRESS on CHAIN_NETWORK."""
+    if settings.AUTOPAY_NETWORKS:
+        return {
+            config.network: config.token_address
+            for config in network_registry().values()
+            if config.token_address
+        }
     if settings.AUTOPAY_NETWORK_TOKENS:
         return dict(settings.AUTOPAY_NETWORK_TOKENS)
     return {settings.CHAIN_NETWORK: settings.TOKEN_ADDRESS} if settings.TOKEN_ADDRESS else {}
@@ -112,3 +122,18 @@ def validate_billing_anchor(anchor: datetime, *, unit: str, count: int, now: dat
         )
     if anchor > now + timedelta(days=366):
         raise ValidationError("billing_anchor is more than a year ahead.", code="billing_anchor")
+
+
+def validate_resource_url(url: str) -> None:
+    """An http(s) URL on a host the operator allows (AUTOPAY_RESOURCE_ALLOWED_HOSTS): the
+    worker requests it, so an arbitrary URL would let a user reach internal addresses."""
+    parsed = urlsplit(url or "")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValidationError("resource_url must be an http(s) URL.", code="resource_url")
+    allowed = [host.strip().lower() for host in settings.AUTOPAY_RESOURCE_ALLOWED_HOSTS]
+    if "*" not in allowed and parsed.hostname.lower() not in allowed:
+        raise ValidationError(
+            f"Host {parsed.hostname} is not allowed for resource_url on this deployment "
+            "(AUTOPAY_RESOURCE_ALLOWED_HOSTS).",
+            code="resource_url",
+        )

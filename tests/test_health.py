@@ -27,7 +27,18 @@ def test_health_is_healthy_without_authentication(client: Client, path: str) -> 
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"status", "database", "redis", "timestamp", "redisMode", "payments"}
+    assert set(body) == {
+        "status",
+        "database",
+        "redis",
+        "timestamp",
+        "redisMode",
+        "payments",
+        "networks",
+    }
+    # Each configured network reported on its own (here none answers: still healthy).
+    assert set(body["networks"]) == {"eip155:31337"}
+    assert body["networks"]["eip155:31337"]["chainId"] == 31337
     assert body["payments"] == "ok"
     assert body["redisMode"] in ("external", "embedded")
     assert body["status"] == "healthy"

@@ -41,7 +41,15 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
-    env.update({"AUTOPAY_VAR_DIR": str(tmp_path), "ANVIL_PORT": str(port), "PORT": "0"})
+    port2 = free_port()
+    env.update(
+        {
+            "AUTOPAY_VAR_DIR": str(tmp_path),
+            "ANVIL_PORT": str(port),
+            "ANVIL2_PORT": str(port2),
+            "PORT": "0",
+        }
+    )
 
     first = _run_setup(env)
 
@@ -61,14 +69,30 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
         beat_rows = connection.execute(
             "SELECT COUNT(*) FROM django_celery_beat_periodictask WHERE task LIKE 'autopay.%'"
         ).fetchone()[0]
+        modes = connection.execute(
+            "SELECT mode, resource_url != '', COUNT(*) FROM subscriptions_subscription "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        signed = connection.execute(
+            "SELECT COUNT(*) FROM subscriptions_presignedauthorization"
+        ).fetchone()[0]
+        networks = connection.execute(
+            "SELECT network, COUNT(*) FROM subscriptions_subscription GROUP BY 1 ORDER BY 1"
+        ).fetchall()
     assert operator == (1, 1)
     assert wallets == 2
-    assert subscriptions == 4
-    assert jobs == 4 == len(first["queued_jobs"])
+    # Five custodial (one on the second chain), one pre-signed (12 periods signed by its
+    # payer), one paid over x402 HTTP.
+    assert subscriptions == 7
+    assert modes == [("custodial", 0, 5), ("custodial", 1, 1), ("presigned", 0, 1)]
+    assert networks == [("eip155:31337", 6), ("eip155:31338", 1)]
+    assert signed == 12
+    assert jobs == 7 == len(first["queued_jobs"])
     assert beat_rows == len(periodic_specs())
-    assert queue.llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 4, "the demo jobs are published"
+    assert queue.llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 7, "the demo jobs are published"
     assert first["token"] and first["password"]
     assert not is_rpc_alive(f"http://127.0.0.1:{port}"), "the chain it started is stopped"
+    assert not is_rpc_alive(f"http://127.0.0.1:{port2}"), "so is the second one"
 
     second = _run_setup(env)
 
@@ -77,8 +101,8 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     assert second["wallets"] == first["wallets"]
     assert second["queued_jobs"] == [], "in-flight demo periods are not queued twice"
     with sqlite3.connect(database) as connection:
-        assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 4
+        assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 7
         assert (
-            connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 4
+            connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 7
         )
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)

@@ -28,6 +28,7 @@ from autopay.chain.abi import (
     EIP712_DOMAIN_TYPEHASH,
     ERC20_MINIMAL_ABI,
 )
+from config.networks import active_network, rpc_failed
 from subscriptions.errors import RpcUnavailable
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def is_transport_error(exc: BaseException) -> bool:
 
 def get_web3(rpc_url: str | None = None) -> Web3:
     """A web3 bound to ``rpc_url`` (default CHAIN_RPC_URL), cached per thread."""
-    url = rpc_url or settings.CHAIN_RPC_URL
+    url = rpc_url or active_network().rpc_url
     cache: dict[str, Web3] = getattr(_local, "web3", None) or {}
     _local.web3 = cache
     w3 = cache.get(url)
@@ -90,6 +91,9 @@ def call_rpc(function: Any, *args: Any, **kwargs: Any) -> Any:
         error = rpc_error(exc)
         if error is None:
             raise
+        if is_transport_error(exc):
+            # The network's next RPC URL (if it has one) is tried by the next call.
+            rpc_failed(active_network().rpc_url)
         raise error from exc
 
 
@@ -204,7 +208,7 @@ _block_cache: dict[str, tuple[float, int]] = {}
 
 def recent_block_number(*, max_age: float = 5.0) -> int:
     """The head block number, cached for ``max_age`` seconds (a search start, not a fact)."""
-    url = settings.CHAIN_RPC_URL
+    url = active_network().rpc_url
     now = time.monotonic()
     cached = _block_cache.get(url)
     if cached and now - cached[0] < max_age:

@@ -36,6 +36,7 @@ from autopay.chain.client import (
     rpc_error,
     token_balance,
 )
+from config.networks import active_network
 from config.redis import get_redis
 from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentError
 
@@ -405,17 +406,19 @@ class Relayer:
             time.sleep(self._poll_interval)
 
 
-_relayers: dict[tuple[str, str], Relayer] = {}
+_relayers: dict[tuple[str, str, str], Relayer] = {}
 _relayers_lock = threading.Lock()
 
 
 def get_relayer() -> Relayer:
-    """The process's relayer for the configured chain (RELAYER_PRIVATE_KEY)."""
-    if not settings.RELAYER_PRIVATE_KEY:
+    """The process's relayer for the network being paid on (its relayer key, default
+    RELAYER_PRIVATE_KEY)."""
+    network = active_network()
+    if not network.relayer_private_key:
         raise ImproperlyConfigured(
-            "RELAYER_PRIVATE_KEY is not set; the facilitator cannot pay gas."
+            f"RELAYER_PRIVATE_KEY is not set for {network.network}; the facilitator cannot pay gas."
         )
-    cache_key = (settings.CHAIN_RPC_URL, threading.current_thread().name)
+    cache_key = (network.network, network.rpc_url, threading.current_thread().name)
     with _relayers_lock:
         relayer = _relayers.get(cache_key)
         if relayer is None:
@@ -425,11 +428,11 @@ def get_relayer() -> Relayer:
                 else None
             )
             relayer = Relayer(
-                private_key=settings.RELAYER_PRIVATE_KEY,
-                w3=get_web3(),
+                private_key=network.relayer_private_key,
+                w3=get_web3(network.rpc_url),
                 redis_client=get_redis(),
-                chain_id=settings.CHAIN_ID,
-                confirmations=settings.CHAIN_CONFIRMATIONS,
+                chain_id=network.chain_id,
+                confirmations=network.confirmations,
                 confirmation_timeout=settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS,
                 poll_interval=settings.CHAIN_RECEIPT_POLL_SECONDS,
                 max_fee_wei=max_fee,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from autopay.rails.authorization import TransferAuthorization
 
@@ -40,6 +40,12 @@ class PaymentIntent:
     # When its settlement was last submitted (Unix time): the transaction broadcast, or /settle
     # sent to a remote facilitator, which may still be working on it for a while after.
     submitted_at: float | None = None
+    # The validity window the payer signed (pre-signed subscriptions); None: now-based.
+    valid_after: int | None = None
+    valid_before: int | None = None
+    # x402 HTTP: the service's paid endpoint (the period is paid by requesting it).
+    resource_url: str = ""
+    resource_method: str = "GET"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Settlement:
     transaction_hash: str
     block_number: int | None
     reconciled: bool = False  # found on-chain rather than sent by this attempt
+    # x402 HTTP: what the service answered (its settlement response and what it charged).
+    service_receipt: dict[str, Any] | None = None
 
 
 class PaymentHooks(Protocol):

@@ -36,6 +36,7 @@ from autopay.chain import client as chain
 from autopay.chain.relayer import SettlementContext, get_relayer, settlement_context
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
+from config.networks import active_network
 from subscriptions import errors
 
 logger = logging.getLogger(__name__)
@@ -133,12 +134,14 @@ class X402ExactRail:
 
     @classmethod
     def from_settings(cls) -> X402ExactRail:
+        """The rail of the network being paid on (config.networks.use_network)."""
+        network = active_network()
         return cls(
             facilitator=_facilitator_from_settings(),
-            chain_id=settings.CHAIN_ID,
-            network=settings.CHAIN_NETWORK,
-            token_name=settings.TOKEN_EIP712_NAME,
-            token_version=settings.TOKEN_EIP712_VERSION,
+            chain_id=network.chain_id,
+            network=network.network,
+            token_name=network.token_name,
+            token_version=network.token_version,
             validity_seconds=settings.AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS,
             remote=bool(settings.X402_FACILITATOR_URL),
             # A settle cannot be over at the facilitator before our own request gave up on it.
@@ -170,8 +173,12 @@ class X402ExactRail:
             payer=to_checksum_address(intent.payer),
             recipient=to_checksum_address(intent.recipient),
             value=intent.amount_atomic,
-            valid_after=now - VALID_AFTER_SKEW_SECONDS,
-            valid_before=now + self._validity_seconds,
+            valid_after=now - VALID_AFTER_SKEW_SECONDS
+            if intent.valid_after is None
+            else intent.valid_after,
+            valid_before=now + self._validity_seconds
+            if intent.valid_before is None
+            else intent.valid_before,
             nonce=intent.nonce,
         )
 

@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from subscriptions import validators
+from subscriptions import selectors, validators
 from subscriptions.models import PayerWallet, Payment, Subscription
 
 
@@ -75,19 +75,33 @@ class WalletOwnedField(serializers.PrimaryKeyRelatedField):
 
 
 class SubscriptionInputSerializer(serializers.Serializer):
-    """A new custodial subscription: paid from ``wallet``, a server-held wallet of the owner.
+    """A new subscription.
 
-    ``payer_address`` is not an input: it is the wallet's address (an equal value is accepted
-    for older clients, any other is refused), so a subscription can never name somebody
-    else's wallet by its public address.
+    Custodial (default): paid from ``wallet``, a server-held wallet of the owner;
+    ``payer_address`` is not an input but the wallet's address (an equal value is accepted for
+    older clients, any other is refused), so a subscription can never name somebody else's
+    wallet by its public address.
+
+    Pre-signed (``mode: presigned``): no wallet; ``payer_address`` is the address that will
+    sign each period's authorization in advance. Nothing can be charged until that address
+    signs: every uploaded signature must recover to it.
     """
 
     service_name = serializers.CharField(max_length=200)
+    mode = serializers.ChoiceField(
+        choices=Subscription.Mode.choices,
+        default=Subscription.Mode.CUSTODIAL,
+        help_text="custodial: a server-held wallet signs; presigned: the payer signs ahead.",
+    )
     wallet = WalletOwnedField(
-        help_text="Id of one of your wallets (POST /api/wallets/); it pays every period."
+        required=False,
+        help_text="Custodial: id of one of your wallets (POST /api/wallets/); it pays every "
+        "period. Not sent for a pre-signed subscription.",
     )
     payer_address = AddressField(
-        required=False, help_text="Optional; must equal the wallet's address when sent."
+        required=False,
+        help_text="Pre-signed: the payer's address (required). Custodial: optional, must "
+        "equal the wallet's address.",
     )
     recipient_address = AddressField()
     amount = AmountField()
@@ -95,6 +109,14 @@ class SubscriptionInputSerializer(serializers.Serializer):
         required=False, help_text="Optional; the network's configured token is the only one."
     )
     network = serializers.CharField(max_length=64, required=False)
+    resource_url = serializers.URLField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="x402 HTTP: the service's paid endpoint; each period is paid by requesting "
+        "it (402, signed payment header, the service settles). Empty: we settle ourselves.",
+    )
+    resource_method = serializers.ChoiceField(choices=["GET", "POST"], default="GET")
     interval_unit = serializers.ChoiceField(
         choices=Subscription.IntervalUnit.choices, default=Subscription.IntervalUnit.MONTH
     )
@@ -108,14 +130,32 @@ class SubscriptionInputSerializer(serializers.Serializer):
     def validate_network(self, value: str) -> str:
         return _run(validators.validate_network, value)
 
+    def validate_resource_url(self, value: str) -> str:
+        return _run(validators.validate_resource_url, value) if value else value
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        wallet = attrs["wallet"]
+        wallet = attrs.get("wallet")
         payer = attrs.get("payer_address")
-        if payer and payer != wallet.address:
-            raise serializers.ValidationError(
-                {"payer_address": "Must equal the wallet's address (it is taken from the wallet)."}
-            )
-        attrs["payer_address"] = wallet.address
+        if attrs["mode"] == Subscription.Mode.PRESIGNED:
+            if wallet is not None:
+                raise serializers.ValidationError(
+                    {"wallet": "A pre-signed subscription has no server-held wallet."}
+                )
+            if not payer:
+                raise serializers.ValidationError(
+                    {"payer_address": "Required for a pre-signed subscription: who signs."}
+                )
+        else:
+            if wallet is None:
+                raise serializers.ValidationError({"wallet": "This field is required."})
+            if payer and payer != wallet.address:
+                raise serializers.ValidationError(
+                    {
+                        "payer_address": "Must equal the wallet's address "
+                        "(it is taken from the wallet)."
+                    }
+                )
+            attrs["payer_address"] = payer = wallet.address
         network = attrs.setdefault("network", settings.CHAIN_NETWORK)
         _run_field("network", validators.validate_network, network)
         token = attrs.get("token_address") or validators.allowed_token(network)
@@ -129,7 +169,7 @@ class SubscriptionInputSerializer(serializers.Serializer):
             "recipient_address",
             validators.validate_recipient,
             attrs["recipient_address"],
-            payer=wallet.address,
+            payer=payer,
             token_address=token,
         )
         if "billing_anchor" in attrs:
@@ -160,6 +200,11 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
     amount = AmountField(required=False)
     auto_pay_enabled = serializers.BooleanField(required=False)
     wallet = WalletOwnedField(required=False)
+    resource_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
+    resource_method = serializers.ChoiceField(choices=["GET", "POST"], required=False)
+
+    def validate_resource_url(self, value: str) -> str:
+        return _run(validators.validate_resource_url, value) if value else value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
@@ -169,6 +214,10 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
                 {"payer_address": "Cannot be changed; attach another of your wallets instead."}
             )
         subscription = self.context.get("subscription")
+        if "wallet" in attrs and subscription is not None and subscription.is_presigned:
+            raise serializers.ValidationError(
+                {"wallet": "A pre-signed subscription has no server-held wallet."}
+            )
         if attrs.get("wallet") is not None:
             attrs["payer_address"] = attrs["wallet"].address
         if "recipient_address" in attrs and subscription is not None:
@@ -185,15 +234,35 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
 class SubscriptionOutputSerializer(serializers.ModelSerializer):
     amount = AmountField(read_only=True)
     wallet: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(read_only=True)
+    signed_periods_remaining = serializers.SerializerMethodField(
+        help_text="Pre-signed: coming periods whose authorization is uploaded, unexpired and "
+        "not canceled (0: the next payment fails with authorization_missing). Custodial: null."
+    )
+
+    # An empty string when unset: not a URI, so not typed as one.
+    resource_url = serializers.CharField(read_only=True)
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_signed_periods_remaining(self, subscription: Subscription) -> int | None:
+        if not subscription.is_presigned:
+            return None
+        annotated = getattr(subscription, "signed_periods", None)
+        if annotated is not None:
+            return int(annotated)
+        return selectors.signed_periods_remaining(subscription=subscription)
 
     class Meta:
         model = Subscription
         fields = (
             "id",
             "service_name",
+            "mode",
             "payer_address",
             "recipient_address",
             "wallet",
+            "signed_periods_remaining",
+            "resource_url",
+            "resource_method",
             "amount",
             "token_address",
             "token_decimals",

@@ -60,7 +60,7 @@ class SubscriptionViewSet(
     def get_queryset(self) -> QuerySet[Subscription]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no real user
             return Subscription.objects.none()
-        return selectors.subscription_list(user=self.request.user)
+        return selectors.with_signed_periods(selectors.subscription_list(user=self.request.user))
 
     def _answer(
         self, subscription: Subscription, http_status: int = status.HTTP_200_OK

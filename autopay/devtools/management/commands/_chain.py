@@ -9,7 +9,8 @@ from django.core.management.base import CommandError
 
 from autopay.devtools.anvil import ANVIL_DEV_KEYS
 
-LOCAL_CHAIN_IDS = {31337, 1337}
+# anvil's default, geth's dev chain, and bin/run's second local chain.
+LOCAL_CHAIN_IDS = {31337, 1337, 31338}
 
 
 def minter_key(explicit: str | None) -> str:

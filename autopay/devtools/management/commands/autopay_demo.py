@@ -13,11 +13,20 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from eth_account import Account
 
 from autopay.api.tokens import install_token, issue_token
+from autopay.authorizations import (
+    UploadedAuthorization,
+    authorization_unsigned_list,
+    authorization_upload,
+    typed_data,
+)
 from autopay.chain.client import get_web3, token_balance
+from autopay.devtools.anvil import ANVIL_DEV_KEYS
 from autopay.devtools.contracts import mint
 from autopay.devtools.management.commands._chain import minter_key
+from config.networks import network_registry, use_network
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import PayerWallet, Subscription
@@ -33,6 +42,13 @@ DEMO_SUBSCRIPTIONS = [
 FUNDING = {"demo payer (funded)": Decimal("1000"), "demo payer (low balance)": Decimal("20")}
 # The demo services are paid to anvil's dev account 9 (a public test address).
 DEMO_RECIPIENT = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
+# Pre-signed: a payer who keeps their own key (anvil's public dev account 3 stands in for a
+# browser wallet here; the server never stores it) and signs the next periods in advance.
+PRESIGNED_SERVICE = ("Demo Music (pre-signed, no key held)", "3.5", "minute", 10)
+SELF_CUSTODY_PAYER_KEY = ANVIL_DEV_KEYS[3]
+PRESIGNED_PERIODS = 12
+# x402 HTTP: paid through the demo paid service's own endpoint (bin/run starts it).
+PAID_SERVICE = ("Demo Paid API (x402 HTTP)", "5", "minute", 10, "/plans/pro")
 
 
 class Command(BaseCommand):
@@ -105,6 +121,9 @@ class Command(BaseCommand):
                 queued.append(str(job.pk))
             except (services.PaymentConflict, services.SubscriptionStateError):
                 pass
+        queued.extend(self._presigned(operator, w3, key))
+        queued.extend(self._paid_service(operator, wallets["demo payer (funded)"]))
+        queued.extend(self._other_networks(operator, wallets["demo payer (funded)"], key))
         result = {
             "username": operator.username,
             "password": options["password"],
@@ -117,3 +136,112 @@ class Command(BaseCommand):
         else:
             for field, value in result.items():
                 self.stdout.write(f"{field}: {value}")
+
+    def _trigger(self, subscription: Subscription, token: str = "") -> list[str]:
+        if subscription.token_address != (token or settings.TOKEN_ADDRESS):
+            return []  # made against an earlier chain; left as history
+        try:
+            return [str(payment_trigger(subscription=subscription).pk)]
+        except (services.PaymentConflict, services.SubscriptionStateError):
+            return []
+
+    def _presigned(self, operator: Any, w3: Any, key: str) -> list[str]:
+        """A pre-signed subscription whose payer signs the next periods (as a browser wallet
+        would, from GET .../authorizations/unsigned) and uploads the signatures."""
+        payer = Account.from_key(SELF_CUSTODY_PAYER_KEY)
+        target = 500 * 10**settings.TOKEN_DECIMALS
+        balance = token_balance(settings.TOKEN_ADDRESS, payer.address)
+        if balance < target:
+            mint(w3, settings.TOKEN_ADDRESS, key, payer.address, target - balance)
+        service, amount, unit, count = PRESIGNED_SERVICE
+        subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+        if subscription is None:
+            subscription = services.subscription_create(
+                owner=operator,
+                service_name=service,
+                mode=Subscription.Mode.PRESIGNED,
+                payer_address=payer.address,
+                recipient_address=DEMO_RECIPIENT,
+                amount=Decimal(amount),
+                token_address=settings.TOKEN_ADDRESS,
+                network=settings.CHAIN_NETWORK,
+                interval_unit=unit,
+                interval_count=count,
+            )
+        if subscription.token_address != settings.TOKEN_ADDRESS or not subscription.is_chargeable:
+            return []
+        unsigned = [
+            period
+            for period in authorization_unsigned_list(
+                subscription=subscription, count=PRESIGNED_PERIODS
+            )
+            if not period.signed
+        ]
+        if unsigned:
+            uploads = []
+            for period in unsigned:
+                data = typed_data(period.authorization)
+                signed = Account.sign_typed_data(payer.key, full_message=data)
+                uploads.append(
+                    UploadedAuthorization(
+                        period_index=period.period_index,
+                        signature="0x" + bytes(signed.signature).hex(),
+                        message=data["message"],
+                        domain=data["domain"],
+                    )
+                )
+            authorization_upload(subscription=subscription, user=operator, items=uploads)
+        return self._trigger(subscription)
+
+    def _paid_service(self, operator: Any, wallet: PayerWallet) -> list[str]:
+        """A subscription paid through the demo paid service's x402 endpoint."""
+        base = settings.AUTOPAY_DEMO_PAID_SERVICE_URL
+        if not base:
+            return []
+        service, amount, unit, count, path = PAID_SERVICE
+        subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+        if subscription is None:
+            subscription = services.subscription_create(
+                owner=operator,
+                service_name=service,
+                payer_address=wallet.address,
+                recipient_address=DEMO_RECIPIENT,
+                amount=Decimal(amount),
+                token_address=settings.TOKEN_ADDRESS,
+                network=settings.CHAIN_NETWORK,
+                interval_unit=unit,
+                interval_count=count,
+                wallet=wallet,
+                resource_url=base.rstrip("/") + path,
+            )
+        return self._trigger(subscription)
+
+    def _other_networks(self, operator: Any, wallet: PayerWallet, key: str) -> list[str]:
+        """A subscription on each further network (AUTOPAY_NETWORKS), paid from the same
+        wallet funded on that chain: one deployment, several chains."""
+        queued: list[str] = []
+        for network in network_registry().values():
+            if network.network == settings.CHAIN_NETWORK or not network.token_address:
+                continue
+            with use_network(network):
+                target = 1000 * 10**network.token_decimals
+                balance = token_balance(network.token_address, wallet.address)
+                if balance < target:
+                    mint(get_web3(), network.token_address, key, wallet.address, target - balance)
+            service = f"Demo Cloud Storage ({network.network})"
+            subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+            if subscription is None:
+                subscription = services.subscription_create(
+                    owner=operator,
+                    service_name=service,
+                    payer_address=wallet.address,
+                    recipient_address=DEMO_RECIPIENT,
+                    amount=Decimal("7.5"),
+                    token_address=network.token_address,
+                    network=network.network,
+                    interval_unit="month",
+                    interval_count=1,
+                    wallet=wallet,
+                )
+            queued.extend(self._trigger(subscription, network.token_address))
+        return queued
