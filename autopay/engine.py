@@ -25,7 +25,7 @@ from autopay.rails.authorization import TransferAuthorization, derive_authorizat
 from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.signers import signer_for_payment
 from jobs import services as job_services
-from jobs.models import Job
+from jobs.models import Job, JobAttempt
 from subscriptions import errors
 from subscriptions import services as subscription_services
 from subscriptions.models import Payment, Subscription
@@ -52,6 +52,23 @@ class _Hooks:
         self.job = job
         self.payment = payment
         self.worker_id = worker_id
+        # Every transaction this attempt broadcast (or may have), for the attempts ledger.
+        self.transaction_hashes: list[str] = []
+
+    def report(self, settlement: Settlement | None = None) -> job_services.AttemptReport:
+        """This attempt's row in the ledger: its transactions and, once settled, the fee."""
+        hashes = list(self.transaction_hashes)
+        fee_wei = None
+        gas_used = None
+        if settlement is not None:
+            if settlement.transaction_hash and settlement.transaction_hash not in hashes:
+                hashes.append(settlement.transaction_hash)
+            gas_used = settlement.gas_used
+            if settlement.gas_used is not None and settlement.effective_gas_price is not None:
+                fee_wei = settlement.gas_used * settlement.effective_gas_price
+        return job_services.AttemptReport(
+            transaction_hashes=tuple(hashes), gas_used=gas_used, fee_wei=fee_wei
+        )
 
     def progress(self, step: Progress) -> None:
         job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=int(step))
@@ -108,12 +125,15 @@ class _Hooks:
         if not updated:
             raise job_services.LeaseLost(f"job {self.job.pk} or its payment moved on")
         self.payment.transaction_hash = tx_hash
+        self.transaction_hashes.append(tx_hash)
 
     def unsent_transaction(self, tx_hash: str) -> None:
         Payment.objects.filter(pk=self.payment.pk, transaction_hash=tx_hash).update(
             status=Payment.Status.PROCESSING, transaction_hash="", updated_at=timezone.now()
         )
         self.payment.transaction_hash = ""
+        if tx_hash in self.transaction_hashes:
+            self.transaction_hashes.remove(tx_hash)
 
 
 def payment_intent(payment: Payment) -> PaymentIntent:
@@ -152,7 +172,9 @@ def settlement_result(payment: Payment, settlement: Settlement) -> dict[str, Any
     }
 
 
-def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_id: str) -> Outcome:
+def _record_success(
+    job: Job, payment: Payment, settlement: Settlement, worker_id: str, hooks: _Hooks
+) -> Outcome:
     # The money moved: record the payment first (idempotent), whatever happens to the job.
     subscription_services.payment_record_success(
         payment=payment,
@@ -161,7 +183,10 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
     )
     job_services.job_progress(job=job, worker_id=worker_id, progress=Progress.CONFIRMED)
     job_services.job_complete(
-        job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
+        job=job,
+        worker_id=worker_id,
+        result=settlement_result(payment, settlement),
+        report=hooks.report(settlement),
     )
     logger.info(
         "job %s completed: payment %s settled in %s%s",
@@ -173,7 +198,9 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
     return Outcome("completed")
 
 
-def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError) -> Outcome:
+def _fail(
+    job: Job, payment: Payment, worker_id: str, error: errors.PaymentError, hooks: _Hooks
+) -> Outcome:
     """Fail the job and its payment in one transaction: nobody ever reads a failed job whose
     payment is still in flight. Only the lease holder may fail the job, and only then is the
     payment marked failed."""
@@ -183,7 +210,11 @@ def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError
         # waits for this transaction instead of deadlocking with it.
         Payment.objects.select_for_update().filter(pk=payment.pk).exists()
         if not job_services.job_fail(
-            job=job, worker_id=worker_id, code=error.code, message=error.message
+            job=job,
+            worker_id=worker_id,
+            code=error.code,
+            message=error.message,
+            report=hooks.report(),
         ):
             raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
         subscription_services.payment_record_failure(
@@ -194,7 +225,11 @@ def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError
 
 
 def _wait_for_configuration(
-    job: Job, worker_id: str, error: errors.ConfigurationError, cause: BaseException
+    job: Job,
+    worker_id: str,
+    error: errors.ConfigurationError,
+    cause: BaseException,
+    hooks: _Hooks,
 ) -> Outcome:
     """The operator's configuration stops this job: it waits (delayed, its attempt given
     back) and is tried again until the configuration is fixed. Nothing is charged and
@@ -207,6 +242,8 @@ def _wait_for_configuration(
         code=error.code,
         message=error.message,
         count_attempt=False,
+        outcome=JobAttempt.Outcome.CONFIGURATION_WAIT,
+        report=hooks.report(),
     ):
         raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
     logger.error(
@@ -224,6 +261,7 @@ def _process_transient(
     worker_id: str,
     error: errors.PaymentError,
     cause: BaseException,
+    hooks: _Hooks,
 ) -> Outcome:
     """Delay the job for another attempt, or fail it when its attempts are spent."""
     if job.attempts_made < job.max_attempts:
@@ -234,6 +272,7 @@ def _process_transient(
             countdown=countdown,
             code=error.code,
             message=error.message,
+            report=hooks.report(),
         ):
             raise job_services.LeaseLost(
                 f"job {job.pk} is no longer held by {worker_id}"
@@ -247,7 +286,7 @@ def _process_transient(
             countdown,
         )
         return Outcome("delayed", retry_in=countdown)
-    return _fail(job, payment, worker_id, error)
+    return _fail(job, payment, worker_id, error, hooks)
 
 
 def process_job(*, job_id: str, worker_id: str) -> Outcome:
@@ -270,17 +309,27 @@ def process_job(*, job_id: str, worker_id: str) -> Outcome:
         return _process_claimed(job, worker_id)
     except job_services.LeaseLost:
         logger.warning("job %s: lease lost to recovery; this worker stops", job.pk)
+        job_services.job_attempt_close(
+            job=job,
+            worker_id=worker_id,
+            outcome=JobAttempt.Outcome.LEASE_LOST,
+            message="this worker lost the job's lease; another worker took over",
+        )
         return Outcome("lease_lost")
 
 
 def _process_claimed(job: Job, worker_id: str) -> Outcome:
     payment = Payment.objects.select_related("subscription").get(pk=job.payment_id)
     subscription = payment.subscription
+    hooks = _Hooks(job, payment, worker_id)
 
     if payment.status == Payment.Status.COMPLETED:
         settlement = Settlement(payment.transaction_hash, payment.block_number, reconciled=True)
         job_services.job_complete(
-            job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
+            job=job,
+            worker_id=worker_id,
+            result=settlement_result(payment, settlement),
+            report=hooks.report(),
         )
         return Outcome("completed")
 
@@ -296,10 +345,10 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
                 f"subscription is {subscription.status}"
                 + ("" if subscription.auto_pay_enabled else " with auto-pay off")
             ),
+            hooks,
         )
     job_services.job_progress(job=job, worker_id=worker_id, progress=Progress.VALIDATED)
 
-    hooks = _Hooks(job, payment, worker_id)
     try:
         rail = get_rail()
         if rail is None:
@@ -309,13 +358,15 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
         intent = payment_intent(payment)
         settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
-        return _wait_for_configuration(job, worker_id, error, error)
+        return _wait_for_configuration(job, worker_id, error, error, hooks)
     except ImproperlyConfigured as exc:
-        return _wait_for_configuration(job, worker_id, errors.ConfigurationError(str(exc)), exc)
+        return _wait_for_configuration(
+            job, worker_id, errors.ConfigurationError(str(exc)), exc, hooks
+        )
     except errors.TransientPaymentError as error:
-        return _process_transient(job, payment, worker_id, error, error)
+        return _process_transient(job, payment, worker_id, error, error, hooks)
     except errors.PermanentPaymentError as error:
-        return _fail(job, payment, worker_id, error)
+        return _fail(job, payment, worker_id, error, hooks)
     except job_services.LeaseLost:
         raise
     except SoftTimeLimitExceeded as exc:
@@ -326,6 +377,7 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             worker_id,
             errors.AttemptTimeout("the attempt ran past the task's soft time limit"),
             exc,
+            hooks,
         )
     except Exception as exc:
         # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
@@ -335,8 +387,12 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
         payment.refresh_from_db()
         if payment.status == Payment.Status.SUBMITTED:
             job_services.job_fail(
-                job=job, worker_id=worker_id, code=internal.code, message=internal.message
+                job=job,
+                worker_id=worker_id,
+                code=internal.code,
+                message=internal.message,
+                report=hooks.report(),
             )
             return Outcome("failed")
-        return _fail(job, payment, worker_id, internal)
-    return _record_success(job, payment, settlement, worker_id)
+        return _fail(job, payment, worker_id, internal, hooks)
+    return _record_success(job, payment, settlement, worker_id, hooks)

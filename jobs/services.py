@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.errors import StateConflict
-from jobs.models import Job
+from jobs.models import Job, JobAttempt
 from jobs.queue import broker_queue_length, publish_jobs, publish_jobs_on_commit
 from subscriptions import errors
 from subscriptions.models import Payment, Subscription
@@ -45,6 +45,15 @@ class JobNotRetryable(StateConflict):
 
 class LeaseLost(Exception):
     """This worker no longer holds the job's lease (recovered or finished elsewhere)."""
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """What an attempt did on the chain, for its row in the attempts ledger."""
+
+    transaction_hashes: tuple[str, ...] = ()
+    gas_used: int | None = None
+    fee_wei: int | None = None
 
 
 def job_data(
@@ -130,28 +139,34 @@ def job_claim(*, job_id: UUID | str, worker_id: str) -> Job | None:
     """Move a waiting or delayed job to active for this worker, or return None.
 
     Only one caller can win: the update is conditional on the job's current status, on its
-    retry time having come, and on attempts remaining.
+    retry time having come, and on attempts remaining. The winner's attempt is appended to
+    the attempts ledger in the same transaction.
     """
     now = timezone.now()
-    claimed = (
-        Job.objects.filter(pk=job_id, status__in=[Job.Status.WAITING, Job.Status.DELAYED])
-        .filter(attempts_made__lt=F("max_attempts"))
-        .filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+    with transaction.atomic():
+        claimed = (
+            Job.objects.filter(pk=job_id, status__in=[Job.Status.WAITING, Job.Status.DELAYED])
+            .filter(attempts_made__lt=F("max_attempts"))
+            .filter(
+                Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+            )
+            .update(
+                status=Job.Status.ACTIVE,
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
+                attempts_made=F("attempts_made") + 1,
+                started_at=Coalesce(F("started_at"), now),
+                next_attempt_at=None,
+                updated_at=now,
+            )
         )
-        .update(
-            status=Job.Status.ACTIVE,
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
-            attempts_made=F("attempts_made") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            next_attempt_at=None,
-            updated_at=now,
+        if not claimed:
+            return None
+        job = Job.objects.select_related("payment", "subscription").get(pk=job_id)
+        JobAttempt.objects.create(
+            job=job, number=job.attempts_made, worker=worker_id, started_at=now
         )
-    )
-    if not claimed:
-        return None
-    return Job.objects.select_related("payment", "subscription").get(pk=job_id)
+    return job
 
 
 def _held(job: Job, worker_id: str) -> Any:
@@ -171,8 +186,15 @@ def job_progress(*, job: Job, worker_id: str, progress: int) -> None:
     job.progress = progress
 
 
-def job_complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
-    updated = _held(job, worker_id).update(**_completed(result))
+def job_complete(
+    *, job: Job, worker_id: str, result: dict[str, Any], report: AttemptReport | None = None
+) -> bool:
+    with transaction.atomic():
+        updated = _held(job, worker_id).update(**_completed(result))
+        if updated:
+            job_attempt_close(
+                job=job, worker_id=worker_id, outcome=JobAttempt.Outcome.COMPLETED, report=report
+            )
     return bool(updated)
 
 
@@ -206,10 +228,12 @@ def job_fail(
     code: str,
     message: str,
     expired_before: datetime | None = None,
+    report: AttemptReport | None = None,
 ) -> bool:
     """Fail the job for good (kept for debugging, as the baseline promised). Only the lease
     holder ``worker_id`` may; without one (an operator, recovery) any open job, or with
-    ``expired_before`` only an active job whose lease expired before then."""
+    ``expired_before`` only an active job whose lease expired before then. The attempt in
+    progress is closed as failed (the holder's) or as its worker lost (anyone else's)."""
     now = timezone.now()
     if worker_id is not None:
         queryset = _held(job, worker_id)
@@ -219,17 +243,29 @@ def job_fail(
         )
     else:
         queryset = Job.objects.filter(pk=job.pk, status__in=Job.OPEN_STATUSES)
-    updated = queryset.update(
-        status=Job.Status.FAILED,
-        error_code=code,
-        error=message[:2000],
-        result={"success": False, "error": code, "message": message[:500]},
-        finished_at=now,
-        lease_owner="",
-        lease_expires_at=None,
-        next_attempt_at=None,
-        updated_at=now,
-    )
+    with transaction.atomic():
+        updated = queryset.update(
+            status=Job.Status.FAILED,
+            error_code=code,
+            error=message[:2000],
+            result={"success": False, "error": code, "message": message[:500]},
+            finished_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        if updated:
+            job_attempt_close(
+                job=job,
+                worker_id=worker_id,
+                outcome=JobAttempt.Outcome.FAILED
+                if worker_id is not None
+                else JobAttempt.Outcome.WORKER_LOST,
+                code=code,
+                message=message,
+                report=report,
+            )
     return bool(updated)
 
 
@@ -241,23 +277,66 @@ def job_delay(
     code: str,
     message: str,
     count_attempt: bool = True,
+    outcome: str = JobAttempt.Outcome.RETRY,
+    report: AttemptReport | None = None,
 ) -> bool:
     """Park the job until its next attempt after a transient error. ``count_attempt=False``
-    gives the attempt back (the job waited for the operator, it did not try to pay)."""
+    gives the attempt back (the job waited for the operator or the chain, it did not try to
+    pay). The job is due again at ``next_attempt_at``; the dispatcher publishes it then (its
+    message is unpublished until then: ``enqueued_at`` empty)."""
     now = timezone.now()
     extra: dict[str, Any] = {} if count_attempt else {"attempts_made": F("attempts_made") - 1}
-    updated = _held(job, worker_id).update(
-        **extra,
-        status=Job.Status.DELAYED,
-        error_code=code,
-        error=message[:2000],
-        next_attempt_at=now + timedelta(seconds=countdown),
-        enqueued_at=now,
-        lease_owner="",
-        lease_expires_at=None,
-        updated_at=now,
-    )
+    with transaction.atomic():
+        updated = _held(job, worker_id).update(
+            **extra,
+            status=Job.Status.DELAYED,
+            error_code=code,
+            error=message[:2000],
+            next_attempt_at=now + timedelta(seconds=countdown),
+            enqueued_at=None,
+            lease_owner="",
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        if updated:
+            job_attempt_close(
+                job=job,
+                worker_id=worker_id,
+                outcome=outcome,
+                code=code,
+                message=message,
+                report=report,
+            )
     return bool(updated)
+
+
+def job_attempt_close(
+    *,
+    job: Job,
+    worker_id: str | None,
+    outcome: str,
+    code: str = "",
+    message: str = "",
+    report: AttemptReport | None = None,
+) -> int:
+    """Close the job's attempt in progress (``worker_id``'s, or any with None) with its
+    outcome. An attempt is closed once: a closed row is never written again."""
+    open_attempts = JobAttempt.objects.filter(job_id=job.pk, finished_at__isnull=True)
+    if worker_id is not None:
+        open_attempts = open_attempts.filter(worker=worker_id)
+    fields: dict[str, Any] = {
+        "outcome": outcome,
+        "finished_at": timezone.now(),
+        "error_code": code[:64],
+        "error_message": message[:2000],
+    }
+    if report is not None:
+        fields.update(
+            transaction_hashes=list(report.transaction_hashes),
+            gas_used=report.gas_used,
+            fee_wei=report.fee_wei,
+        )
+    return open_attempts.update(**fields)
 
 
 def retry_countdown(*, attempts_made: int) -> float:
@@ -328,18 +407,41 @@ def _take_back_expired_leases(
             failed += _fail_lost_job(job_id=job_id, now=now)
             continue
         # The lost attempt is given back: a crash is not a payment failure.
-        if Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now).update(
-            status=Job.Status.WAITING,
-            lease_owner="",
-            lease_expires_at=None,
-            recoveries=F("recoveries") + 1,
-            attempts_made=F("attempts_made") - 1 if attempts_made > 0 else 0,
-            enqueued_at=now,
-            updated_at=now,
-        ):
+        with transaction.atomic():
+            taken_back = Job.objects.filter(
+                pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now
+            ).update(
+                status=Job.Status.WAITING,
+                lease_owner="",
+                lease_expires_at=None,
+                recoveries=F("recoveries") + 1,
+                attempts_made=F("attempts_made") - 1 if attempts_made > 0 else 0,
+                enqueued_at=now,
+                updated_at=now,
+            )
+            if taken_back:
+                _close_lost_attempt(job_id=job_id)
+        if taken_back:
             recovered_ids.append(str(job_id))
             logger.warning("recovered job %s from an expired lease", job_id)
     return recovered_ids, failed
+
+
+def _close_lost_attempt(*, job_id: UUID) -> None:
+    """The dead worker's attempt, closed as lost, with the transaction it had broadcast (the
+    payment's hash is written before every broadcast)."""
+    payment = Payment.objects.filter(jobs__pk=job_id).values("status", "transaction_hash").first()
+    hashes: tuple[str, ...] = ()
+    if payment and payment["status"] == Payment.Status.SUBMITTED and payment["transaction_hash"]:
+        hashes = (payment["transaction_hash"],)
+    job_attempt_close(
+        job=Job(pk=job_id),
+        worker_id=None,
+        outcome=JobAttempt.Outcome.WORKER_LOST,
+        code=errors.WorkerLost.code,
+        message="the worker stopped renewing its lease (killed or stuck); the job was taken back",
+        report=AttemptReport(transaction_hashes=hashes) if hashes else None,
+    )
 
 
 def _fail_lost_job(*, job_id: UUID, now: datetime) -> int:

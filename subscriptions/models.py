@@ -153,6 +153,12 @@ class Subscription(models.Model):
         return Q(auto_pay_enabled=True, status__in=cls.CHARGEABLE_STATUSES)
 
 
+def token_amount_text(amount: Decimal, decimals: int) -> str:
+    """An amount as the token counts it: exactly ``decimals`` places (12.500000 for USDC),
+    not the 18 places the column stores."""
+    return format(amount.quantize(Decimal(1).scaleb(-decimals)), "f")
+
+
 def to_atomic(amount: Decimal, decimals: int) -> int:
     """Exact conversion of a decimal token amount to integer atomic units."""
     scaled = amount.scaleb(decimals)

@@ -46,6 +46,9 @@ class Settlement:
     transaction_hash: str
     block_number: int | None
     reconciled: bool = False  # found on-chain rather than sent by this attempt
+    # From the receipt, when the rail has it: what the settlement cost in gas (wei per gas).
+    gas_used: int | None = None
+    effective_gas_price: int | None = None
 
 
 class PaymentHooks(Protocol):

@@ -232,8 +232,7 @@ class X402ExactRail:
                 f"facilitator reported {settled.transaction} settled; not yet seen on-chain"
             )
         hooks.progress(Progress.CONFIRMED)
-        block = int(receipt["blockNumber"]) if receipt else None
-        return Settlement(transaction_hash=settled.transaction, block_number=block)
+        return _settlement_from_receipt(settled.transaction, receipt)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -322,6 +321,19 @@ class X402ExactRail:
         if reason in ("invalid_exact_evm_transaction_simulation_failed", "transaction_failed"):
             raise errors.SettlementFailed(detail)
         raise errors.FacilitatorRejected(detail)
+
+
+def _settlement_from_receipt(tx_hash: str, receipt: dict[str, Any] | None) -> Settlement:
+    """A settlement with its block and cost, as far as the receipt tells them."""
+    if receipt is None:
+        return Settlement(transaction_hash=tx_hash, block_number=None)
+    gas_price = receipt.get("effectiveGasPrice")
+    return Settlement(
+        transaction_hash=tx_hash,
+        block_number=int(receipt["blockNumber"]),
+        gas_used=int(receipt["gasUsed"]) if receipt.get("gasUsed") is not None else None,
+        effective_gas_price=int(gas_price) if gas_price is not None else None,
+    )
 
 
 def _facilitator_error(method: str, exc: Exception) -> errors.PaymentError:

@@ -4,6 +4,7 @@ workers sharing one relayer."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from decimal import Decimal
 from typing import Any
@@ -193,6 +194,16 @@ def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
     assert job.error_code == "rpc_unavailable"
     assert job.attempts_made == 3
     assert elapsed >= 6.0, f"backoff of 2 s then 4 s expected, took {elapsed:.1f}s"
+    # The attempts ledger shows each attempt and the backoff between them.
+    attempts = list(job.attempts.order_by("started_at"))
+    assert [a.outcome for a in attempts] == ["retry", "retry", "failed"]
+    assert all(a.error_code == "rpc_unavailable" for a in attempts)
+    waits = [
+        (later.started_at - earlier.finished_at).total_seconds()
+        for earlier, later in itertools.pairwise(attempts)
+        if earlier.finished_at is not None
+    ]
+    assert 2.0 <= waits[0] < 4.0 and 4.0 <= waits[1] < 7.0, waits
 
     restart()  # the chain comes back with its state
     settings.CHAIN_RPC_URL = node.rpc_url
