@@ -6,6 +6,7 @@ to money lives here and in the rail, and every state change goes through the ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -39,7 +40,8 @@ def worker_identity(task_id: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to a job message. ``retry_in`` asks the task to republish after a delay."""
+    """What happened to a job message. ``retry_in``: the job is due again after this long (the
+    dispatcher publishes it then)."""
 
     status: str
     retry_in: float | None = None
@@ -307,6 +309,21 @@ def process_job(*, job_id: str, worker_id: str) -> Outcome:
         return Outcome("skipped")
     try:
         return _process_claimed(job, worker_id)
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away mid-attempt: nothing can be recorded now. The job keeps its
+        # lease until it expires; recovery then takes it back, and the next attempt asks the
+        # chain first (a transaction broadcast before the outage is found, not sent again).
+        logger.warning("job %s interrupted: database unavailable (%s)", job.pk, exc)
+        with contextlib.suppress(Exception):
+            close_old_connections()
+            job_services.job_attempt_close(
+                job=job,
+                worker_id=worker_id,
+                outcome=JobAttempt.Outcome.INTERRUPTED,
+                code="database_unavailable",
+                message=f"database unavailable: {type(exc).__name__}",
+            )
+        return Outcome("interrupted")
     except job_services.LeaseLost:
         logger.warning("job %s: lease lost to recovery; this worker stops", job.pk)
         job_services.job_attempt_close(
@@ -367,7 +384,7 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
         return _process_transient(job, payment, worker_id, error, error, hooks)
     except errors.PermanentPaymentError as error:
         return _fail(job, payment, worker_id, error, hooks)
-    except job_services.LeaseLost:
+    except (job_services.LeaseLost, OperationalError, InterfaceError):
         raise
     except SoftTimeLimitExceeded as exc:
         # Slow chain or facilitator: treated like any transient failure, never as a bug.

@@ -10,14 +10,19 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from autopay import engine
 from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
-from jobs.services import jobs_purge_completed, jobs_recover
+from jobs.services import jobs_purge_completed, jobs_recover, retry_countdown
 
 logger = logging.getLogger(__name__)
+
+
+# A message whose claim could not reach the database comes back after at most this long.
+DATABASE_RETRY_CAP_SECONDS = 10.0
 
 
 @shared_task(
@@ -29,11 +34,27 @@ logger = logging.getLogger(__name__)
     max_retries=None,
 )
 def process_autopay_job(self: Any, job_id: str) -> str:
-    """Claim and process one payment job; re-publish it after a backoff on transient errors."""
-    outcome = engine.process_job(job_id=job_id, worker_id=engine.worker_identity(self.request.id))
-    if outcome.retry_in is not None:
-        # The job row is already 'delayed' with next_attempt_at; this only schedules the message.
-        raise self.retry(countdown=outcome.retry_in)
+    """Claim and process one payment job.
+
+    Retries of the job are scheduled in its row (delayed, next_attempt_at) and published by
+    the dispatcher when due. Only a database that cannot be reached makes this message itself
+    come back (after a jittered backoff), so that it is never acknowledged into nothing.
+    """
+    try:
+        outcome = engine.process_job(
+            job_id=job_id, worker_id=engine.worker_identity(self.request.id)
+        )
+    except (OperationalError, InterfaceError) as exc:
+        countdown = retry_countdown(
+            attempts_made=self.request.retries + 1, cap=DATABASE_RETRY_CAP_SECONDS
+        )
+        logger.warning(
+            "job %s: database unavailable (%s); message retried in %.1fs",
+            job_id,
+            type(exc).__name__,
+            countdown,
+        )
+        raise self.retry(countdown=countdown, exc=exc) from exc
     return outcome.status
 
 

@@ -107,6 +107,8 @@ if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
         "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5)
     )
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+# A persistent connection broken by a database restart is noticed (and replaced) before use.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite serialises writers; wait for the lock instead of failing, and let many readers in.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -263,9 +265,18 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # --- Auto-pay engine ------------------------------------------------------------------------
 AUTOPAY_JOB_MAX_ATTEMPTS = env.int("AUTOPAY_JOB_MAX_ATTEMPTS", default=3)
 AUTOPAY_RETRY_BACKOFF_SECONDS = env.float("AUTOPAY_RETRY_BACKOFF_SECONDS", default=2.0)
+# Random extra delay of a retry, as a fraction of its backoff (0.25: 2-2.5 s, 4-5 s).
+AUTOPAY_RETRY_JITTER = env.float("AUTOPAY_RETRY_JITTER", default=0.25)
 AUTOPAY_JOB_LEASE_SECONDS = env.int("AUTOPAY_JOB_LEASE_SECONDS", default=180)
-AUTOPAY_STALE_WAITING_SECONDS = env.int("AUTOPAY_STALE_WAITING_SECONDS", default=600)
-AUTOPAY_RECOVERY_INTERVAL_SECONDS = env.int("AUTOPAY_RECOVERY_INTERVAL_SECONDS", default=60)
+# A due job whose message was published this long ago, never claimed, and missing from the
+# broker's queue is republished (its message was lost).
+AUTOPAY_STALE_WAITING_SECONDS = env.int("AUTOPAY_STALE_WAITING_SECONDS", default=15)
+AUTOPAY_RECOVERY_INTERVAL_SECONDS = env.int("AUTOPAY_RECOVERY_INTERVAL_SECONDS", default=10)
+# The outbox dispatcher (jobs/dispatcher.py): a thread in every worker process (or
+# `manage.py autopay_dispatch`) publishing due jobs every this many seconds, and taking back
+# expired leases and lost messages every few seconds.
+AUTOPAY_DISPATCH_INTERVAL_SECONDS = env.float("AUTOPAY_DISPATCH_INTERVAL_SECONDS", default=0.5)
+AUTOPAY_WORKER_DISPATCHER = env.bool("AUTOPAY_WORKER_DISPATCHER", default=True)
 AUTOPAY_SCAN_INTERVAL_MINUTES = env.int("AUTOPAY_SCAN_INTERVAL_MINUTES", default=5)
 AUTOPAY_SCAN_BATCH_SIZE = env.int("AUTOPAY_SCAN_BATCH_SIZE", default=1000)
 # Scans run side by side (on separate worker processes) each time beat starts one.

@@ -47,6 +47,9 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     recoveries = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The transactional outbox: a waiting/delayed job is queued once its row is committed;
+    # enqueued_at is when its message was last published to the broker (empty: not yet, the
+    # dispatcher publishes it when it is due), next_attempt_at when it is due (empty: now).
     enqueued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -76,6 +79,13 @@ class Job(models.Model):
                 fields=["enqueued_at"],
                 name="job_waiting_idx",
                 condition=Q(status__in=["waiting", "delayed"]),
+            ),
+            # The dispatcher's outbox: open jobs whose message is not on the broker, by due
+            # time. Only unpublished rows are in it (small, whatever the backlog).
+            models.Index(
+                fields=["next_attempt_at"],
+                name="job_unpublished_idx",
+                condition=Q(status__in=["waiting", "delayed"], enqueued_at__isnull=True),
             ),
             # Partial: a job enters them only when it finishes, so the scan's inserts of
             # waiting jobs do not pay for them.

@@ -4,6 +4,7 @@ redelivered message or a recovery sweep can never both act on one job."""
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,11 @@ from django.utils import timezone
 
 from config.errors import StateConflict
 from jobs.models import Job, JobAttempt
-from jobs.queue import broker_queue_length, publish_jobs, publish_jobs_on_commit
+from jobs.queue import (
+    broker_queue_length,
+    publish_jobs_on_commit,
+    publish_or_mark_unpublished,
+)
 from subscriptions import errors
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import (
@@ -339,10 +344,15 @@ def job_attempt_close(
     return open_attempts.update(**fields)
 
 
-def retry_countdown(*, attempts_made: int) -> float:
-    """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default."""
+def retry_countdown(*, attempts_made: int, cap: float | None = None) -> float:
+    """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default, plus a
+    random jitter of up to AUTOPAY_RETRY_JITTER of it (25 %: 2-2.5 s, 4-5 s), so that jobs
+    that failed together (an RPC outage) do not all come back in the same instant."""
     base = settings.AUTOPAY_RETRY_BACKOFF_SECONDS
-    return float(base * (2 ** max(attempts_made - 1, 0)))
+    delay = float(base * (2 ** max(attempts_made - 1, 0)))
+    if cap is not None:
+        delay = min(delay, cap)
+    return delay * (1 + random.uniform(0, settings.AUTOPAY_RETRY_JITTER))
 
 
 def job_retry(*, job: Job) -> Job:
@@ -370,10 +380,35 @@ class RecoverySummary:
     leases_recovered: int
     republished: int
     failed: int
+    published: int = 0
+
+
+def jobs_dispatch(*, batch_size: int = 1000) -> int:
+    """The outbox dispatcher's step: publish every job that is due and has no message on the
+    broker (a retry whose backoff ended, a job taken back from a dead worker, a job whose
+    publish failed while the broker was down). Returns how many were published.
+
+    Rows are picked with SKIP LOCKED and marked published (``enqueued_at``) before the publish,
+    so two dispatchers never publish the same job twice; a failed publish unmarks them.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        ids = [
+            str(job_id)
+            for job_id in Job.objects.select_for_update(skip_locked=True)
+            .filter(status__in=[Job.Status.WAITING, Job.Status.DELAYED], enqueued_at__isnull=True)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by(F("next_attempt_at").asc(nulls_first=True))
+            .values_list("pk", flat=True)[:batch_size]
+        ]
+        if not ids:
+            return 0
+        Job.objects.filter(pk__in=ids).update(enqueued_at=now)
+    return publish_or_mark_unpublished(ids)
 
 
 def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoverySummary:
-    """Take back jobs whose worker died (lease expired) and republish lost messages.
+    """Take back jobs whose worker died (lease expired), find lost messages, publish both.
 
     A job recovered more than ``max_recoveries`` times fails with ``worker_lost`` so that a
     job that kills its worker cannot loop forever; its payment is reconciled separately.
@@ -382,11 +417,13 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
     recovered_ids, failed = _take_back_expired_leases(
         now=now, max_recoveries=max_recoveries, batch_size=batch_size
     )
-    republish = recovered_ids + _lost_messages(now=now, batch_size=batch_size)
-    if republish:
-        publish_jobs(republish)
+    lost = _mark_lost_messages(now=now, batch_size=batch_size)
+    published = jobs_dispatch(batch_size=batch_size * 2)
     return RecoverySummary(
-        leases_recovered=len(recovered_ids), republished=len(republish), failed=failed
+        leases_recovered=len(recovered_ids),
+        republished=len(recovered_ids) + lost,
+        failed=failed,
+        published=published,
     )
 
 
@@ -416,7 +453,9 @@ def _take_back_expired_leases(
                 lease_expires_at=None,
                 recoveries=F("recoveries") + 1,
                 attempts_made=F("attempts_made") - 1 if attempts_made > 0 else 0,
-                enqueued_at=now,
+                # Unpublished: the dispatcher publishes it (at once, it is due).
+                enqueued_at=None,
+                next_attempt_at=None,
                 updated_at=now,
             )
             if taken_back:
@@ -460,25 +499,31 @@ def _fail_lost_job(*, job_id: UUID, now: datetime) -> int:
     return 1
 
 
-def _lost_messages(*, now: datetime, batch_size: int) -> list[str]:
-    """Waiting or delayed jobs whose message was lost (older than the stale threshold)."""
+def _mark_lost_messages(*, now: datetime, batch_size: int) -> int:
+    """Due jobs whose message was published more than AUTOPAY_STALE_WAITING_SECONDS ago and
+    never claimed, when the broker's queue holds fewer messages than there are such jobs (so
+    some messages were lost: a Redis restarted without its data, a worker killed holding a
+    prefetched message). They are marked unpublished for the dispatcher; duplicates of
+    messages that were not lost are harmless (the claim is conditional). A long backlog is not
+    a loss: then the queue holds at least as many messages as there are old waiting jobs."""
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
-    stale_waiting = Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
-    # A long backlog is not a lost message: when the broker holds at least as many messages
-    # as there are waiting jobs, old waiting jobs are only queued behind others.
-    queued = broker_queue_length()
-    if queued is not None and queued >= Job.objects.filter(status=Job.Status.WAITING).count():
-        stale_waiting = Q(pk__in=[])
-    stale = list(
-        Job.objects.filter(
-            stale_waiting | Q(status=Job.Status.DELAYED, next_attempt_at__lt=stale_before)
-        )
-        .order_by("enqueued_at")
-        .values_list("pk", flat=True)[:batch_size]
+    stale = Job.objects.filter(
+        status__in=[Job.Status.WAITING, Job.Status.DELAYED], enqueued_at__lt=stale_before
     )
-    if stale:
-        Job.objects.filter(pk__in=stale).update(enqueued_at=now)
-    return [str(job_id) for job_id in stale]
+    queued = broker_queue_length()
+    if queued is not None and stale.order_by()[: queued + 1].count() <= queued:
+        return 0
+    ids = list(stale.order_by("enqueued_at").values_list("pk", flat=True)[:batch_size])
+    if not ids:
+        return 0
+    marked = Job.objects.filter(pk__in=ids, enqueued_at__lt=stale_before).update(enqueued_at=None)
+    if marked:
+        logger.warning(
+            "%d job message(s) lost (broker queue holds %s); republishing",
+            marked,
+            "an unknown number" if queued is None else queued,
+        )
+    return marked
 
 
 def jobs_purge_completed(*, older_than_days: int) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import DatabaseError
 from eth_utils import to_checksum_address
 from redis.exceptions import RedisError
 from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
@@ -275,9 +276,10 @@ class X402ExactRail:
         # The SDK turns every exception of our relayer into a reason string; decide on the
         # original exception first.
         original = context.error
-        if isinstance(original, (errors.PaymentError, SoftTimeLimitExceeded)) or (
+        if isinstance(original, (errors.PaymentError, SoftTimeLimitExceeded, DatabaseError)) or (
             original is not None and type(original).__name__ == "LeaseLost"
         ):
+            # Ours, not the payment's: a lost lease or the database gone is never a refusal.
             raise original
         if isinstance(original, RedisError):
             raise errors.RedisUnavailable(
