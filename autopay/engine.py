@@ -26,6 +26,7 @@ from autopay.rails.authorization import TransferAuthorization, derive_authorizat
 from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.signers import signer_for_payment
 from jobs import services as job_services
+from jobs.heartbeat import lease_heartbeat
 from jobs.models import Job, JobAttempt
 from subscriptions import errors
 from subscriptions import services as subscription_services
@@ -308,7 +309,8 @@ def process_job(*, job_id: str, worker_id: str) -> Outcome:
             )
         return Outcome("skipped")
     try:
-        return _process_claimed(job, worker_id)
+        with lease_heartbeat.holding(job_id=job.pk, worker_id=worker_id):
+            return _process_claimed(job, worker_id)
     except (OperationalError, InterfaceError) as exc:
         # The database went away mid-attempt: nothing can be recorded now. The job keeps its
         # lease until it expires; recovery then takes it back, and the next attempt asks the

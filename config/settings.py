@@ -267,7 +267,10 @@ AUTOPAY_JOB_MAX_ATTEMPTS = env.int("AUTOPAY_JOB_MAX_ATTEMPTS", default=3)
 AUTOPAY_RETRY_BACKOFF_SECONDS = env.float("AUTOPAY_RETRY_BACKOFF_SECONDS", default=2.0)
 # Random extra delay of a retry, as a fraction of its backoff (0.25: 2-2.5 s, 4-5 s).
 AUTOPAY_RETRY_JITTER = env.float("AUTOPAY_RETRY_JITTER", default=0.25)
-AUTOPAY_JOB_LEASE_SECONDS = env.int("AUTOPAY_JOB_LEASE_SECONDS", default=180)
+# An active job's lease: a worker that stops renewing it (killed) loses the job after this.
+AUTOPAY_JOB_LEASE_SECONDS = env.int("AUTOPAY_JOB_LEASE_SECONDS", default=30)
+# How often a live worker renews the leases of its jobs (a thread; well under the lease).
+AUTOPAY_JOB_HEARTBEAT_SECONDS = env.float("AUTOPAY_JOB_HEARTBEAT_SECONDS", default=5.0)
 # A due job whose message was published this long ago, never claimed, and missing from the
 # broker's queue is republished (its message was lost).
 AUTOPAY_STALE_WAITING_SECONDS = env.int("AUTOPAY_STALE_WAITING_SECONDS", default=15)

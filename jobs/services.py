@@ -191,6 +191,17 @@ def job_progress(*, job: Job, worker_id: str, progress: int) -> None:
     job.progress = progress
 
 
+def job_lease_renew(*, job_id: UUID | str, worker_id: str) -> bool:
+    """Extend the lease of an active job this worker holds (the heartbeat); False when it no
+    longer holds it."""
+    expires = timezone.now() + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)
+    return bool(
+        Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_owner=worker_id).update(
+            lease_expires_at=expires
+        )
+    )
+
+
 def job_complete(
     *, job: Job, worker_id: str, result: dict[str, Any], report: AttemptReport | None = None
 ) -> bool:
