@@ -201,17 +201,30 @@ def _record_success(
     return Outcome("completed")
 
 
+# Permanent errors that are the chain's own answer for a broadcast settlement (mined and
+# reverted, or the authorization used by a cancel): the payment may be failed then.
+_CHAIN_VERDICTS = frozenset(
+    {
+        errors.SettlementReverted.code,
+        errors.AuthorizationCanceled.code,
+        errors.InsufficientBalance.code,
+    }
+)
+
+
 def _fail(
     job: Job, payment: Payment, worker_id: str, error: errors.PaymentError, hooks: _Hooks
 ) -> Outcome:
     """Fail the job and its payment in one transaction: nobody ever reads a failed job whose
     payment is still in flight. Only the lease holder may fail the job, and only then is the
-    payment marked failed."""
+    payment marked failed. A payment whose transaction was broadcast is never failed for a
+    reason that is not the chain's answer for it: it is settlement_pending instead, and the
+    reconcile sweep asks the chain (money may still move)."""
     with transaction.atomic():
         # The payment's row lock first, in the order job_retry and payment_trigger take theirs
         # (payment, then the job index): a retry inserting a job for this payment meanwhile
         # waits for this transaction instead of deadlocking with it.
-        Payment.objects.select_for_update().filter(pk=payment.pk).exists()
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if not job_services.job_fail(
             job=job,
             worker_id=worker_id,
@@ -220,11 +233,64 @@ def _fail(
             report=hooks.report(),
         ):
             raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+        if locked.money_may_move and error.code not in _CHAIN_VERDICTS:
+            subscription_services.payment_await_settlement(
+                payment=locked,
+                code=errors.SettlementPending.code,
+                message=f"transaction {locked.transaction_hash} may still settle; the chain "
+                f"is asked again (job failed: {error.code})",
+            )
+            logger.warning(
+                "job %s failed (%s) after broadcasting %s: payment %s is settlement_pending",
+                job.pk,
+                error.code,
+                locked.transaction_hash,
+                payment.pk,
+            )
+            return Outcome("failed")
         subscription_services.payment_record_failure(
             payment=payment, code=error.code, message=error.message
         )
     logger.warning("job %s failed: %s (%s)", job.pk, error.code, error.message)
     return Outcome("failed")
+
+
+def _await_settlement(
+    job: Job, payment: Payment, worker_id: str, error: errors.PaymentError, hooks: _Hooks
+) -> Outcome:
+    """Attempts spent on transient errors after a broadcast: the money may move, so neither
+    the job nor the payment fails. The job waits (delayed, its attempt given back) and asks
+    the chain again every AUTOPAY_SETTLEMENT_CHECK_SECONDS; the payment is settlement_pending;
+    the subscription is not touched."""
+    countdown = float(settings.AUTOPAY_SETTLEMENT_CHECK_SECONDS)
+    message = (
+        f"transaction {payment.transaction_hash} was broadcast; waiting for the chain "
+        f"({error.code}: {error.message})"
+    )
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if not job_services.job_delay(
+            job=job,
+            worker_id=worker_id,
+            countdown=countdown,
+            code=errors.SettlementPending.code,
+            message=message,
+            count_attempt=False,
+            outcome=JobAttempt.Outcome.SETTLEMENT_PENDING,
+            report=hooks.report(),
+        ):
+            raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+        subscription_services.payment_await_settlement(
+            payment=locked, code=errors.SettlementPending.code, message=message
+        )
+    logger.warning(
+        "job %s: payment %s settlement pending (%s); asking the chain again in %.0fs",
+        job.pk,
+        payment.pk,
+        error.code,
+        countdown,
+    )
+    return Outcome("delayed", retry_in=countdown)
 
 
 def _wait_for_configuration(
@@ -289,6 +355,9 @@ def _process_transient(
             countdown,
         )
         return Outcome("delayed", retry_in=countdown)
+    payment.refresh_from_db()
+    if payment.money_may_move:
+        return _await_settlement(job, payment, worker_id, error, hooks)
     return _fail(job, payment, worker_id, error, hooks)
 
 
@@ -400,18 +469,8 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
         )
     except Exception as exc:
         # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
-        # was broadcast the payment stays 'submitted' and the recovery sweep reconciles it.
+        # was broadcast the payment is settlement_pending and the reconcile sweep asks the chain.
         logger.exception("job %s: unexpected error", job.pk)
         internal = errors.InternalError(f"internal error: {type(exc).__name__}")
-        payment.refresh_from_db()
-        if payment.status == Payment.Status.SUBMITTED:
-            job_services.job_fail(
-                job=job,
-                worker_id=worker_id,
-                code=internal.code,
-                message=internal.message,
-                report=hooks.report(),
-            )
-            return Outcome("failed")
         return _fail(job, payment, worker_id, internal, hooks)
     return _record_success(job, payment, settlement, worker_id, hooks)

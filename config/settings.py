@@ -315,6 +315,9 @@ AUTOPAY_KEY_ENCRYPTION_KEYS = [
     ]
     if key.strip()
 ]
+# A job whose transaction was broadcast but not confirmed after its attempts (RPC down, still
+# pending) waits as settlement_pending and asks the chain again this often.
+AUTOPAY_SETTLEMENT_CHECK_SECONDS = env.float("AUTOPAY_SETTLEMENT_CHECK_SECONDS", default=10.0)
 # A job that cannot run because of the operator's configuration (encryption key, relayer key,
 # token) waits this long between checks, without using up its attempts.
 AUTOPAY_CONFIGURATION_RETRY_SECONDS = env.float("AUTOPAY_CONFIGURATION_RETRY_SECONDS", default=60.0)

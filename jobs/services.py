@@ -28,6 +28,7 @@ from subscriptions import errors
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import (
     PaymentConflict,
+    payment_await_settlement,
     payment_record_failure,
     payment_reopen,
     payment_take_due,
@@ -496,17 +497,25 @@ def _close_lost_attempt(*, job_id: UUID) -> None:
 
 def _fail_lost_job(*, job_id: UUID, now: datetime) -> int:
     """Fail a job that lost its worker too often, and its payment, in one transaction. The
-    period stays owed (failed, so dunning retries it); a payment that was broadcast keeps its
-    hash and the reconcile sweep asks the chain about it."""
+    period stays owed (failed, so dunning retries it); a payment that was broadcast is not
+    failed but settlement_pending, and the reconcile sweep asks the chain about it."""
     error = errors.WorkerLost("worker lost the job too many times (killed or timed out)")
     with transaction.atomic():
         job = Job.objects.select_related("payment").get(pk=job_id)
-        Payment.objects.select_for_update().filter(pk=job.payment_id).exists()
+        payment = Payment.objects.select_for_update().get(pk=job.payment_id)
         if not job_fail(
             job=job, worker_id=None, code=error.code, message=error.message, expired_before=now
         ):
             return 0
-        payment_record_failure(payment=job.payment, code=error.code, message=error.message)
+        if payment.money_may_move:
+            payment_await_settlement(
+                payment=payment,
+                code=errors.SettlementPending.code,
+                message=f"transaction {payment.transaction_hash} may still settle; the chain "
+                f"is asked again (job failed: {error.code})",
+            )
+        else:
+            payment_record_failure(payment=payment, code=error.code, message=error.message)
     return 1
 
 

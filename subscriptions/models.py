@@ -172,6 +172,9 @@ class Payment(models.Model):
         PENDING = "pending", "Pending"
         PROCESSING = "processing", "Processing"
         SUBMITTED = "submitted", "Submitted on-chain"
+        # Broadcast, and the chain has not answered (RPC down, still pending): never failed
+        # while money may move; the job (or the reconcile sweep) asks the chain again.
+        SETTLEMENT_PENDING = "settlement_pending", "Settlement pending (waiting for the chain)"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
         # Owed while the engine was down, older than AUTOPAY_MAX_MISSED_PERIODS: never charged.
@@ -202,7 +205,7 @@ class Payment(models.Model):
     token_decimals = models.PositiveSmallIntegerField(default=6)
     network = models.CharField(max_length=64)
     # Indexed through payment_status_idx (status, updated_at).
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING)
     # EIP-3009 nonce derived from the payment's identity, so the chain refuses a second charge.
     authorization_nonce = models.CharField(max_length=66, blank=True, default="")
     valid_after = models.BigIntegerField(null=True, blank=True)
@@ -236,6 +239,15 @@ class Payment(models.Model):
     def amount_atomic(self) -> int:
         return to_atomic(self.amount, self.token_decimals)
 
+    # A transaction for it may be on its way to the chain: it cannot be recorded failed
+    # until the chain has answered for that transaction.
+    IN_FLIGHT_ON_CHAIN = (Status.SUBMITTED, Status.SETTLEMENT_PENDING)
+
     @property
     def is_terminal(self) -> bool:
         return self.status in (self.Status.COMPLETED, self.Status.FAILED, self.Status.WAIVED)
+
+    @property
+    def money_may_move(self) -> bool:
+        """A settlement was broadcast and the chain has not said what became of it."""
+        return self.status in self.IN_FLIGHT_ON_CHAIN and bool(self.transaction_hash)

@@ -378,6 +378,21 @@ def payment_record_success(
     return locked
 
 
+def payment_await_settlement(*, payment: Payment, code: str, message: str) -> Payment:
+    """The payment's transaction was broadcast and the chain has not answered for it: it is
+    ``settlement_pending`` (not failed; the subscription is not touched) until the chain does.
+    ``code``/``message`` say why it is waiting."""
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if locked.status == Payment.Status.COMPLETED:
+            return locked
+        locked.status = Payment.Status.SETTLEMENT_PENDING
+        locked.error_code = code
+        locked.error_message = message[:2000]
+        locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+    return locked
+
+
 def payment_record_failure(*, payment: Payment, code: str, message: str) -> Payment:
     """Record a final failure and hand the subscription to the dunning schedule."""
     now = timezone.now()
