@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from autopay import engine
+from autopay.finality import payments_verify_finality
 from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
@@ -78,14 +79,17 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
 
 @shared_task(bind=True, name="autopay.recover_jobs", acks_late=True, ignore_result=True)
 def recover_jobs(self: Any) -> dict[str, int]:
-    """Take back jobs whose worker died, republish lost messages, reconcile stuck payments."""
+    """Take back jobs whose worker died, republish lost messages, reconcile stuck payments,
+    re-verify completed payments until final (reorgs)."""
     recovered = jobs_recover()
     reconciled = payments_reconcile()
+    finality = payments_verify_finality()
     summary = {
         "leases_recovered": recovered.leases_recovered,
         "republished": recovered.republished,
         "failed": recovered.failed,
         **reconciled,
+        **finality,
     }
     if any(summary.values()):
         logger.info("recovery: %s", summary)

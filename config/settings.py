@@ -333,6 +333,9 @@ CHAIN_ID = env.int("CHAIN_ID", default=31337)
 CHAIN_NETWORK = env.str("CHAIN_NETWORK", default=f"eip155:{CHAIN_ID}")
 CHAIN_RPC_TIMEOUT_SECONDS = env.float("CHAIN_RPC_TIMEOUT_SECONDS", default=10.0)
 CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
+# A completed payment is re-verified until its transaction is this many blocks deep; one that
+# left the canonical chain (a reorg) is settled again. Per network, see README.
+CHAIN_FINALITY_BLOCKS = env.int("CHAIN_FINALITY_BLOCKS", default=12)
 CHAIN_CONFIRMATION_TIMEOUT_SECONDS = env.float("CHAIN_CONFIRMATION_TIMEOUT_SECONDS", default=60.0)
 CHAIN_RECEIPT_POLL_SECONDS = env.float("CHAIN_RECEIPT_POLL_SECONDS", default=0.05)
 TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")

@@ -21,6 +21,7 @@ class Job(models.Model):
         MANUAL = "manual", "Manual trigger"
         DUNNING = "dunning", "Dunning retry"
         RETRY = "retry", "Operator retry"
+        REORG = "reorg", "Settled again after a reorg"
 
     OPEN_STATUSES = (Status.WAITING, Status.ACTIVE, Status.DELAYED)
 

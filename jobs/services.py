@@ -356,6 +356,22 @@ def job_attempt_close(
     return open_attempts.update(**fields)
 
 
+def job_note_reorg(*, job: Job, transaction_hash: str, message: str) -> JobAttempt:
+    """Append to a completed job's ledger that its transaction left the canonical chain (the
+    job stays as it ended; its payment is settled again by a new job)."""
+    now = timezone.now()
+    return JobAttempt.objects.create(
+        job=job,
+        number=job.attempts_made,
+        outcome=JobAttempt.Outcome.REORGED,
+        started_at=now,
+        finished_at=now,
+        error_code="chain_reorg",
+        error_message=message[:2000],
+        transaction_hashes=[transaction_hash],
+    )
+
+
 def retry_countdown(*, attempts_made: int, cap: float | None = None) -> float:
     """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default, plus a
     random jitter of up to AUTOPAY_RETRY_JITTER of it (25 %: 2-2.5 s, 4-5 s), so that jobs

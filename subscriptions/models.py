@@ -218,6 +218,9 @@ class Payment(models.Model):
     error_message = models.TextField(blank=True, default="")
     submitted_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # When its transaction was found CHAIN_FINALITY_BLOCKS deep (until then a completed
+    # payment is re-verified: a reorg may take the transaction away).
+    finalized_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -230,6 +233,12 @@ class Payment(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "updated_at"], name="payment_status_idx"),
+            # The finality sweep: completed payments not yet final, by block.
+            models.Index(
+                fields=["block_number"],
+                name="payment_unfinal_idx",
+                condition=Q(status="completed", finalized_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
