@@ -128,7 +128,8 @@ class _Hooks:
         if not updated:
             raise job_services.LeaseLost(f"job {self.job.pk} or its payment moved on")
         self.payment.transaction_hash = tx_hash
-        self.transaction_hashes.append(tx_hash)
+        if tx_hash not in self.transaction_hashes:
+            self.transaction_hashes.append(tx_hash)
 
     def unsent_transaction(self, tx_hash: str) -> None:
         Payment.objects.filter(pk=self.payment.pk, transaction_hash=tx_hash).update(

@@ -356,6 +356,10 @@ TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
 RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
+# A settlement still pending this many blocks after it was sent is replaced (same nonce) with
+# fees raised by RELAYER_FEE_BUMP_PERCENT (at least 10 %), capped by RELAYER_MAX_FEE_GWEI.
+RELAYER_FEE_BUMP_BLOCKS = env.int("RELAYER_FEE_BUMP_BLOCKS", default=3)
+RELAYER_FEE_BUMP_PERCENT = env.float("RELAYER_FEE_BUMP_PERCENT", default=15.0)
 # Longest wait for (and hold of) the relayer's nonce lock shared by every worker.
 RELAYER_LOCK_TIMEOUT_SECONDS = env.float("RELAYER_LOCK_TIMEOUT_SECONDS", default=10.0)
 X402_FACILITATOR_URL = env.str("X402_FACILITATOR_URL", default="")

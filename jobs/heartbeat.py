@@ -32,6 +32,8 @@ class LeaseHeartbeat:
         # job id -> (worker id, monotonic time the hold began)
         self._held: dict[str, tuple[str, float]] = {}
         self._thread: threading.Thread | None = None
+        # Set when the last hold ends: the thread exits (and closes its connection) at once.
+        self._idle = threading.Event()
 
     @contextlib.contextmanager
     def holding(self, *, job_id: UUID | str, worker_id: str) -> Iterator[None]:
@@ -39,6 +41,7 @@ class LeaseHeartbeat:
         key = str(job_id)
         with self._lock:
             self._held[key] = (worker_id, time.monotonic())
+            self._idle.clear()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="lease-heartbeat", daemon=True
@@ -49,11 +52,13 @@ class LeaseHeartbeat:
         finally:
             with self._lock:
                 self._held.pop(key, None)
+                if not self._held:
+                    self._idle.set()
 
     def _run(self) -> None:
         try:
             while True:
-                time.sleep(settings.AUTOPAY_JOB_HEARTBEAT_SECONDS)
+                self._idle.wait(settings.AUTOPAY_JOB_HEARTBEAT_SECONDS)
                 with self._lock:
                     if not self._held:
                         self._thread = None

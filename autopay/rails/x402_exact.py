@@ -222,7 +222,9 @@ class X402ExactRail:
             hooks.signed_transaction(settled.transaction)
         if not settled.success:
             return self._refused(intent, settled.error_reason, settled.error_message, context)
-        receipt = chain.transaction_receipt(settled.transaction)
+        # A fee-bump replacement may be the one that landed (the SDK knows only the first).
+        landed = context.landed_hash or settled.transaction
+        receipt = chain.transaction_receipt(landed)
         if self._remote and (
             receipt is None
             or int(receipt["status"]) != 1
@@ -233,7 +235,7 @@ class X402ExactRail:
                 f"facilitator reported {settled.transaction} settled; not yet seen on-chain"
             )
         hooks.progress(Progress.CONFIRMED)
-        return _settlement_from_receipt(settled.transaction, receipt)
+        return _settlement_from_receipt(landed, receipt)
 
     # --- helpers --------------------------------------------------------------------------
 
