@@ -35,7 +35,8 @@ def periodic_specs() -> list[PeriodicSpec]:
             name="autopay: recover stalled jobs",
             task="autopay.recover_jobs",
             every_seconds=settings.AUTOPAY_RECOVERY_INTERVAL_SECONDS,
-            description="Takes back jobs whose worker died and reconciles uncertain payments.",
+            description="Reconciles uncertain payments by chain and re-verifies completed "
+            "payments until final (reorgs); backs up the workers' dispatchers.",
         ),
         PeriodicSpec(
             name="autopay: purge completed jobs",

@@ -6,6 +6,7 @@ to money lives here and in the rail, and every state change goes through the ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -28,7 +29,8 @@ from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.signers import payment_signer
 from config.networks import NetworkConfig, network_config, use_network
 from jobs import services as job_services
-from jobs.models import Job
+from jobs.heartbeat import lease_heartbeat
+from jobs.models import Job, JobAttempt
 from subscriptions import errors
 from subscriptions import services as subscription_services
 from subscriptions.models import Payment, Subscription
@@ -42,7 +44,8 @@ def worker_identity(task_id: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to a job message. ``retry_in`` asks the task to republish after a delay."""
+    """What happened to a job message. ``retry_in``: the job is due again after this long (the
+    dispatcher publishes it then)."""
 
     status: str
     retry_in: float | None = None
@@ -57,6 +60,23 @@ class _Hooks:
         self.worker_id = worker_id
         # Whether this attempt sent /settle to a remote facilitator.
         self.settle_sent = False
+        # Every transaction this attempt broadcast (or may have), for the attempts ledger.
+        self.transaction_hashes: list[str] = []
+
+    def report(self, settlement: Settlement | None = None) -> job_services.AttemptReport:
+        """This attempt's row in the ledger: its transactions and, once settled, the fee."""
+        hashes = list(self.transaction_hashes)
+        fee_wei = None
+        gas_used = None
+        if settlement is not None:
+            if settlement.transaction_hash and settlement.transaction_hash not in hashes:
+                hashes.append(settlement.transaction_hash)
+            gas_used = settlement.gas_used
+            if settlement.gas_used is not None and settlement.effective_gas_price is not None:
+                fee_wei = settlement.gas_used * settlement.effective_gas_price
+        return job_services.AttemptReport(
+            transaction_hashes=tuple(hashes), gas_used=gas_used, fee_wei=fee_wei
+        )
 
     def progress(self, step: Progress) -> None:
         job_services.job_progress(job=self.job, worker_id=self.worker_id, progress=int(step))
@@ -109,12 +129,16 @@ class _Hooks:
         if not updated:
             raise job_services.LeaseLost(f"job {self.job.pk} or its payment moved on")
         self.payment.transaction_hash = tx_hash
+        if tx_hash not in self.transaction_hashes:
+            self.transaction_hashes.append(tx_hash)
 
     def unsent_transaction(self, tx_hash: str) -> None:
         Payment.objects.filter(pk=self.payment.pk, transaction_hash=tx_hash).update(
             status=Payment.Status.PROCESSING, transaction_hash="", updated_at=timezone.now()
         )
         self.payment.transaction_hash = ""
+        if tx_hash in self.transaction_hashes:
+            self.transaction_hashes.remove(tx_hash)
 
     def settle_requested(self) -> None:
         """Called before /settle is sent to a remote facilitator, which broadcasts itself: the
@@ -184,7 +208,9 @@ def settlement_result(payment: Payment, settlement: Settlement) -> dict[str, Any
     }
 
 
-def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_id: str) -> Outcome:
+def _record_success(
+    job: Job, payment: Payment, settlement: Settlement, worker_id: str, hooks: _Hooks
+) -> Outcome:
     # The money moved: record the payment first (idempotent), whatever happens to the job.
     subscription_services.payment_record_success(
         payment=payment,
@@ -193,7 +219,10 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
     )
     job_services.job_progress(job=job, worker_id=worker_id, progress=Progress.CONFIRMED)
     job_services.job_complete(
-        job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
+        job=job,
+        worker_id=worker_id,
+        result=settlement_result(payment, settlement),
+        report=hooks.report(settlement),
     )
     logger.info(
         "job %s completed: payment %s settled in %s%s",
@@ -205,19 +234,53 @@ def _record_success(job: Job, payment: Payment, settlement: Settlement, worker_i
     return Outcome("completed")
 
 
-def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError) -> Outcome:
+# Permanent errors that are the chain's own answer for a broadcast settlement (mined and
+# reverted, or the authorization used by a cancel): the payment may be failed then.
+_CHAIN_VERDICTS = frozenset(
+    {
+        errors.SettlementReverted.code,
+        errors.AuthorizationCanceled.code,
+        errors.InsufficientBalance.code,
+    }
+)
+
+
+def _fail(
+    job: Job, payment: Payment, worker_id: str, error: errors.PaymentError, hooks: _Hooks
+) -> Outcome:
     """Fail the job and its payment in one transaction: nobody ever reads a failed job whose
     payment is still in flight. Only the lease holder may fail the job, and only then is the
-    payment marked failed."""
+    payment marked failed. A payment whose transaction was broadcast is never failed for a
+    reason that is not the chain's answer for it: it is settlement_pending instead, and the
+    reconcile sweep asks the chain (money may still move)."""
     with transaction.atomic():
         # The payment's row lock first, in the order job_retry and payment_trigger take theirs
         # (payment, then the job index): a retry inserting a job for this payment meanwhile
         # waits for this transaction instead of deadlocking with it.
-        Payment.objects.select_for_update().filter(pk=payment.pk).exists()
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if not job_services.job_fail(
-            job=job, worker_id=worker_id, code=error.code, message=error.message
+            job=job,
+            worker_id=worker_id,
+            code=error.code,
+            message=error.message,
+            report=hooks.report(),
         ):
             raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+        if locked.money_may_move and error.code not in _CHAIN_VERDICTS:
+            subscription_services.payment_await_settlement(
+                payment=locked,
+                code=errors.SettlementPending.code,
+                message=f"transaction {locked.transaction_hash} may still settle; the chain "
+                f"is asked again (job failed: {error.code})",
+            )
+            logger.warning(
+                "job %s failed (%s) after broadcasting %s: payment %s is settlement_pending",
+                job.pk,
+                error.code,
+                locked.transaction_hash,
+                payment.pk,
+            )
+            return Outcome("failed")
         subscription_services.payment_record_failure(
             payment=payment, code=error.code, message=error.message
         )
@@ -225,8 +288,50 @@ def _fail(job: Job, payment: Payment, worker_id: str, error: errors.PaymentError
     return Outcome("failed")
 
 
+def _await_settlement(
+    job: Job, payment: Payment, worker_id: str, error: errors.PaymentError, hooks: _Hooks
+) -> Outcome:
+    """Attempts spent on transient errors after a broadcast: the money may move, so neither
+    the job nor the payment fails. The job waits (delayed, its attempt given back) and asks
+    the chain again every AUTOPAY_SETTLEMENT_CHECK_SECONDS; the payment is settlement_pending;
+    the subscription is not touched."""
+    countdown = float(settings.AUTOPAY_SETTLEMENT_CHECK_SECONDS)
+    message = (
+        f"transaction {payment.transaction_hash} was broadcast; waiting for the chain "
+        f"({error.code}: {error.message})"
+    )
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if not job_services.job_delay(
+            job=job,
+            worker_id=worker_id,
+            countdown=countdown,
+            code=errors.SettlementPending.code,
+            message=message,
+            count_attempt=False,
+            outcome=JobAttempt.Outcome.SETTLEMENT_PENDING,
+            report=hooks.report(),
+        ):
+            raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
+        subscription_services.payment_await_settlement(
+            payment=locked, code=errors.SettlementPending.code, message=message
+        )
+    logger.warning(
+        "job %s: payment %s settlement pending (%s); asking the chain again in %.0fs",
+        job.pk,
+        payment.pk,
+        error.code,
+        countdown,
+    )
+    return Outcome("delayed", retry_in=countdown)
+
+
 def _wait_for_configuration(
-    job: Job, worker_id: str, error: errors.ConfigurationError, cause: BaseException
+    job: Job,
+    worker_id: str,
+    error: errors.ConfigurationError,
+    cause: BaseException,
+    hooks: _Hooks,
 ) -> Outcome:
     """The operator's configuration stops this job: it waits (delayed, its attempt given
     back) and is tried again until the configuration is fixed. Nothing is charged and
@@ -239,6 +344,8 @@ def _wait_for_configuration(
         code=error.code,
         message=error.message,
         count_attempt=False,
+        outcome=JobAttempt.Outcome.CONFIGURATION_WAIT,
+        report=hooks.report(),
     ):
         raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
     logger.error(
@@ -251,23 +358,24 @@ def _wait_for_configuration(
 
 
 def _wait_for_settlement(
-    job: Job,
-    worker_id: str,
-    error: errors.SettlementUnconfirmed,
-    *,
-    settle_sent: bool,
+    job: Job, worker_id: str, error: errors.SettlementUnconfirmed, hooks: _Hooks
 ) -> Outcome:
     """A settle whose outcome is unknown (its answer lost or garbled) and not yet on chain:
     the payment stays in flight, never failed while its money may move. The job asks the
     chain again soon (the rail sends no new settle before the deadline); only the attempt that
     sent a settle uses up an attempt. A job out of attempts fails and leaves the payment in
     flight: the recovery sweep reconciles it by the chain."""
+    settle_sent = hooks.settle_sent
     now = time.time()
     poll = max(settings.AUTOPAY_RETRY_BACKOFF_SECONDS, (now - error.sent_at) / 2)
     countdown = max(min(error.deadline - now, poll), 0.0)
     if settle_sent and job.attempts_made >= job.max_attempts:
         if not job_services.job_fail(
-            job=job, worker_id=worker_id, code=error.code, message=error.message
+            job=job,
+            worker_id=worker_id,
+            code=error.code,
+            message=error.message,
+            report=hooks.report(),
         ):
             raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
         logger.warning(
@@ -284,6 +392,7 @@ def _wait_for_settlement(
         code=error.code,
         message=error.message,
         count_attempt=settle_sent,
+        report=hooks.report(),
     ):
         raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}")
     logger.warning("job %s: %s; asking the chain again in %.1fs", job.pk, error.message, countdown)
@@ -296,6 +405,7 @@ def _process_transient(
     worker_id: str,
     error: errors.PaymentError,
     cause: BaseException,
+    hooks: _Hooks,
 ) -> Outcome:
     """Delay the job for another attempt, or fail it when its attempts are spent."""
     if job.attempts_made < job.max_attempts:
@@ -306,6 +416,7 @@ def _process_transient(
             countdown=countdown,
             code=error.code,
             message=error.message,
+            report=hooks.report(),
         ):
             raise job_services.LeaseLost(
                 f"job {job.pk} is no longer held by {worker_id}"
@@ -319,7 +430,10 @@ def _process_transient(
             countdown,
         )
         return Outcome("delayed", retry_in=countdown)
-    return _fail(job, payment, worker_id, error)
+    payment.refresh_from_db()
+    if payment.money_may_move:
+        return _await_settlement(job, payment, worker_id, error, hooks)
+    return _fail(job, payment, worker_id, error, hooks)
 
 
 def process_job(*, job_id: str, worker_id: str) -> Outcome:
@@ -339,20 +453,46 @@ def process_job(*, job_id: str, worker_id: str) -> Outcome:
             )
         return Outcome("skipped")
     try:
-        return _process_claimed(job, worker_id)
+        with lease_heartbeat.holding(job_id=job.pk, worker_id=worker_id):
+            return _process_claimed(job, worker_id)
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away mid-attempt: nothing can be recorded now. The job keeps its
+        # lease until it expires; recovery then takes it back, and the next attempt asks the
+        # chain first (a transaction broadcast before the outage is found, not sent again).
+        logger.warning("job %s interrupted: database unavailable (%s)", job.pk, exc)
+        with contextlib.suppress(Exception):
+            close_old_connections()
+            job_services.job_attempt_close(
+                job=job,
+                worker_id=worker_id,
+                outcome=JobAttempt.Outcome.INTERRUPTED,
+                code="database_unavailable",
+                message=f"database unavailable: {type(exc).__name__}",
+            )
+        return Outcome("interrupted")
     except job_services.LeaseLost:
         logger.warning("job %s: lease lost to recovery; this worker stops", job.pk)
+        job_services.job_attempt_close(
+            job=job,
+            worker_id=worker_id,
+            outcome=JobAttempt.Outcome.LEASE_LOST,
+            message="this worker lost the job's lease; another worker took over",
+        )
         return Outcome("lease_lost")
 
 
 def _process_claimed(job: Job, worker_id: str) -> Outcome:
     payment = Payment.objects.select_related("subscription").get(pk=job.payment_id)
     subscription = payment.subscription
+    hooks = _Hooks(job, payment, worker_id)
 
     if payment.status == Payment.Status.COMPLETED:
         settlement = Settlement(payment.transaction_hash, payment.block_number, reconciled=True)
         job_services.job_complete(
-            job=job, worker_id=worker_id, result=settlement_result(payment, settlement)
+            job=job,
+            worker_id=worker_id,
+            result=settlement_result(payment, settlement),
+            report=hooks.report(),
         )
         return Outcome("completed")
 
@@ -368,10 +508,10 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
                 f"subscription is {subscription.status}"
                 + ("" if subscription.auto_pay_enabled else " with auto-pay off")
             ),
+            hooks,
         )
     job_services.job_progress(job=job, worker_id=worker_id, progress=Progress.VALIDATED)
 
-    hooks = _Hooks(job, payment, worker_id)
     try:
         # Everything below talks to the payment's own network (its RPC, relayer, token).
         with use_network(payment_network(payment)):
@@ -383,16 +523,18 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
                 )
             settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
     except errors.ConfigurationError as error:
-        return _wait_for_configuration(job, worker_id, error, error)
+        return _wait_for_configuration(job, worker_id, error, error, hooks)
     except ImproperlyConfigured as exc:
-        return _wait_for_configuration(job, worker_id, errors.ConfigurationError(str(exc)), exc)
+        return _wait_for_configuration(
+            job, worker_id, errors.ConfigurationError(str(exc)), exc, hooks
+        )
     except errors.SettlementUnconfirmed as error:
-        return _wait_for_settlement(job, worker_id, error, settle_sent=hooks.settle_sent)
+        return _wait_for_settlement(job, worker_id, error, hooks)
     except errors.TransientPaymentError as error:
-        return _process_transient(job, payment, worker_id, error, error)
+        return _process_transient(job, payment, worker_id, error, error, hooks)
     except errors.PermanentPaymentError as error:
-        return _fail(job, payment, worker_id, error)
-    except job_services.LeaseLost:
+        return _fail(job, payment, worker_id, error, hooks)
+    except (job_services.LeaseLost, OperationalError, InterfaceError):
         raise
     except SoftTimeLimitExceeded as exc:
         # Slow chain or facilitator: treated like any transient failure, never as a bug.
@@ -402,17 +544,12 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
             worker_id,
             errors.AttemptTimeout("the attempt ran past the task's soft time limit"),
             exc,
+            hooks,
         )
     except Exception as exc:
         # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
-        # was broadcast the payment stays 'submitted' and the recovery sweep reconciles it.
+        # was broadcast the payment is settlement_pending and the reconcile sweep asks the chain.
         logger.exception("job %s: unexpected error", job.pk)
         internal = errors.InternalError(f"internal error: {type(exc).__name__}")
-        payment.refresh_from_db()
-        if payment.status == Payment.Status.SUBMITTED:
-            job_services.job_fail(
-                job=job, worker_id=worker_id, code=internal.code, message=internal.message
-            )
-            return Outcome("failed")
-        return _fail(job, payment, worker_id, internal)
-    return _record_success(job, payment, settlement, worker_id)
+        return _fail(job, payment, worker_id, internal, hooks)
+    return _record_success(job, payment, settlement, worker_id, hooks)

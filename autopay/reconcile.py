@@ -7,6 +7,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Q
 from django.utils import timezone
 
 from autopay.engine import payment_intent, payment_network, settlement_result
@@ -28,10 +29,11 @@ EXPIRED_AUTHORIZATION_MARGIN_SECONDS = 900
 def payments_reconcile(*, older_than_seconds: int = 120, batch_size: int = 200) -> dict[str, int]:
     """Complete payments the chain says are paid; reopen 'submitted' ones it never saw.
 
-    Candidates: payments left 'submitted' or 'processing' with no job in flight, failed
-    payments that carry a transaction hash, and failed payments whose authorization was
-    signed, with no hash (a remote facilitator may have settled it without telling us): the
-    transfer may have landed after all.
+    Candidates: payments left 'submitted' or 'processing' with no job in flight, payments
+    'settlement_pending' with no job asking the chain, failed payments that carry a
+    transaction hash, and failed payments whose authorization was signed, with no hash (a
+    remote facilitator may have settled it without telling us): the transfer may have landed
+    after all.
     """
     if get_rail() is None:
         return {"reconciled": 0}
@@ -69,8 +71,12 @@ def _candidates(*, older_than_seconds: int, batch_size: int) -> list[Payment]:
     # within the authorization's validity window plus a margin: older ones cannot change.
     uncertain = list(
         Payment.objects.filter(
-            updated_at__lt=cutoff,
-            status__in=[Payment.Status.SUBMITTED, Payment.Status.PROCESSING],
+            Q(
+                updated_at__lt=cutoff,
+                status__in=[Payment.Status.SUBMITTED, Payment.Status.PROCESSING],
+            )
+            # Waiting for the chain with no job asking: checked at every sweep.
+            | Q(status=Payment.Status.SETTLEMENT_PENDING)
         )
         .exclude(pk__in=open_jobs)
         .order_by("updated_at")[:batch_size]
@@ -117,8 +123,13 @@ def _signed_and_failed(
 
 def _forget_dead_settlement(payment: Payment) -> None:
     """The chain never saw this payment's settlement: hand it back, forget the dead hash."""
-    if payment.status in (Payment.Status.SUBMITTED, Payment.Status.PROCESSING):
-        # Never reached the chain and nobody is working on it: hand it back.
+    if payment.status in (
+        Payment.Status.SUBMITTED,
+        Payment.Status.SETTLEMENT_PENDING,
+        Payment.Status.PROCESSING,
+    ):
+        # Never reached the chain (or dropped from it, its authorization unused) and nobody is
+        # working on it: hand it back.
         error = errors.SettlementLost("the settlement never reached the chain; it will be retried")
         subscription_services.payment_record_failure(
             payment=payment, code=error.code, message=error.message

@@ -40,7 +40,7 @@ from autopay.dunning import dunning_schedule
 from config.sql import insert_lists
 from jobs.bulk import chunks, db_datetime, insert_jobs
 from jobs.models import Job
-from jobs.queue import publish_jobs
+from jobs.queue import jobs_mark_unpublished, publish_jobs
 from jobs.services import job_data
 from subscriptions import periods
 from subscriptions.models import Payment, Subscription
@@ -101,8 +101,9 @@ def scan_due(
     """Create and publish the jobs of every due billing period (and of due dunning retries).
 
     Each batch commits before its jobs are published, so a worker never sees a missing row
-    (call it outside any transaction); a failed publish is logged and left to the recovery
-    task, which republishes waiting jobs. Safe to run concurrently with itself.
+    (call it outside any transaction); a failed publish is logged and left to the dispatcher,
+    which publishes jobs whose message never reached the broker. Safe to run concurrently with
+    itself.
     """
     started = time.perf_counter()
     now = now or timezone.now()
@@ -198,9 +199,12 @@ def _publish(job_ids: list[str], summary: ScanSummary) -> int:
     try:
         return publish_jobs(job_ids)
     except Exception:
-        # The rows are committed; the recovery task republishes waiting jobs.
+        # The rows are committed (queued); the dispatcher publishes them once the broker is back.
         summary.publish_errors += 1
-        logger.exception("scan: publishing %d job(s) failed; recovery will republish", len(job_ids))
+        logger.exception(
+            "scan: publishing %d job(s) failed; the dispatcher will publish them", len(job_ids)
+        )
+        jobs_mark_unpublished(job_ids)
         return 0
 
 

@@ -10,17 +10,22 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from autopay import engine, webhooks
+from autopay.finality import payments_verify_finality
 from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
 from config.idempotency.middleware import idempotency_keys_purge
-from jobs.services import jobs_purge_completed, jobs_recover
+from jobs.services import jobs_purge_completed, jobs_recover, retry_countdown
 from subscriptions.webhooks.services import webhook_events_purge
 
 logger = logging.getLogger(__name__)
+
+
+# A message whose claim could not reach the database comes back after at most this long.
+DATABASE_RETRY_CAP_SECONDS = 10.0
 
 
 @shared_task(
@@ -32,11 +37,27 @@ logger = logging.getLogger(__name__)
     max_retries=None,
 )
 def process_autopay_job(self: Any, job_id: str) -> str:
-    """Claim and process one payment job; re-publish it after a backoff on transient errors."""
-    outcome = engine.process_job(job_id=job_id, worker_id=engine.worker_identity(self.request.id))
-    if outcome.retry_in is not None:
-        # The job row is already 'delayed' with next_attempt_at; this only schedules the message.
-        raise self.retry(countdown=outcome.retry_in)
+    """Claim and process one payment job.
+
+    Retries of the job are scheduled in its row (delayed, next_attempt_at) and published by
+    the dispatcher when due. Only a database that cannot be reached makes this message itself
+    come back (after a jittered backoff), so that it is never acknowledged into nothing.
+    """
+    try:
+        outcome = engine.process_job(
+            job_id=job_id, worker_id=engine.worker_identity(self.request.id)
+        )
+    except (OperationalError, InterfaceError) as exc:
+        countdown = retry_countdown(
+            attempts_made=self.request.retries + 1, cap=DATABASE_RETRY_CAP_SECONDS
+        )
+        logger.warning(
+            "job %s: database unavailable (%s); message retried in %.1fs",
+            job_id,
+            type(exc).__name__,
+            countdown,
+        )
+        raise self.retry(countdown=countdown, exc=exc) from exc
     return outcome.status
 
 
@@ -60,14 +81,17 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
 
 @shared_task(bind=True, name="autopay.recover_jobs", acks_late=True, ignore_result=True)
 def recover_jobs(self: Any) -> dict[str, int]:
-    """Take back jobs whose worker died, republish lost messages, reconcile stuck payments."""
+    """Take back jobs whose worker died, republish lost messages, reconcile stuck payments,
+    re-verify completed payments until final (reorgs)."""
     recovered = jobs_recover()
     reconciled = payments_reconcile()
+    finality = payments_verify_finality()
     summary = {
         "leases_recovered": recovered.leases_recovered,
         "republished": recovered.republished,
         "failed": recovered.failed,
         **reconciled,
+        **finality,
     }
     if any(summary.values()):
         logger.info("recovery: %s", summary)

@@ -114,6 +114,8 @@ if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
         "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5)
     )
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+# A persistent connection broken by a database restart is noticed (and replaced) before use.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite serialises writers; wait for the lock instead of failing, and let many readers in.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -135,6 +137,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second in the admin (Django's English default shows minutes only).
+FORMAT_MODULE_PATH = ["config.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
@@ -302,9 +306,21 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # --- Auto-pay engine ------------------------------------------------------------------------
 AUTOPAY_JOB_MAX_ATTEMPTS = env.int("AUTOPAY_JOB_MAX_ATTEMPTS", default=3)
 AUTOPAY_RETRY_BACKOFF_SECONDS = env.float("AUTOPAY_RETRY_BACKOFF_SECONDS", default=2.0)
-AUTOPAY_JOB_LEASE_SECONDS = env.int("AUTOPAY_JOB_LEASE_SECONDS", default=180)
-AUTOPAY_STALE_WAITING_SECONDS = env.int("AUTOPAY_STALE_WAITING_SECONDS", default=600)
-AUTOPAY_RECOVERY_INTERVAL_SECONDS = env.int("AUTOPAY_RECOVERY_INTERVAL_SECONDS", default=60)
+# Random extra delay of a retry, as a fraction of its backoff (0.25: 2-2.5 s, 4-5 s).
+AUTOPAY_RETRY_JITTER = env.float("AUTOPAY_RETRY_JITTER", default=0.25)
+# An active job's lease: a worker that stops renewing it (killed) loses the job after this.
+AUTOPAY_JOB_LEASE_SECONDS = env.int("AUTOPAY_JOB_LEASE_SECONDS", default=30)
+# How often a live worker renews the leases of its jobs (a thread; well under the lease).
+AUTOPAY_JOB_HEARTBEAT_SECONDS = env.float("AUTOPAY_JOB_HEARTBEAT_SECONDS", default=5.0)
+# A due job whose message was published this long ago, never claimed, and missing from the
+# broker's queue is republished (its message was lost).
+AUTOPAY_STALE_WAITING_SECONDS = env.int("AUTOPAY_STALE_WAITING_SECONDS", default=15)
+AUTOPAY_RECOVERY_INTERVAL_SECONDS = env.int("AUTOPAY_RECOVERY_INTERVAL_SECONDS", default=10)
+# The outbox dispatcher (jobs/dispatcher.py): a thread in every worker process (or
+# `manage.py autopay_dispatch`) publishing due jobs every this many seconds, and taking back
+# expired leases and lost messages every few seconds.
+AUTOPAY_DISPATCH_INTERVAL_SECONDS = env.float("AUTOPAY_DISPATCH_INTERVAL_SECONDS", default=0.5)
+AUTOPAY_WORKER_DISPATCHER = env.bool("AUTOPAY_WORKER_DISPATCHER", default=True)
 AUTOPAY_SCAN_INTERVAL_MINUTES = env.int("AUTOPAY_SCAN_INTERVAL_MINUTES", default=5)
 AUTOPAY_SCAN_BATCH_SIZE = env.int("AUTOPAY_SCAN_BATCH_SIZE", default=1000)
 # Scans run side by side (on separate worker processes) each time beat starts one.
@@ -351,6 +367,9 @@ AUTOPAY_KEY_ENCRYPTION_KEYS = [
     ]
     if key.strip()
 ]
+# A job whose transaction was broadcast but not confirmed after its attempts (RPC down, still
+# pending) waits as settlement_pending and asks the chain again this often.
+AUTOPAY_SETTLEMENT_CHECK_SECONDS = env.float("AUTOPAY_SETTLEMENT_CHECK_SECONDS", default=10.0)
 # A job that cannot run because of the operator's configuration (encryption key, relayer key,
 # token) waits this long between checks, without using up its attempts.
 AUTOPAY_CONFIGURATION_RETRY_SECONDS = env.float("AUTOPAY_CONFIGURATION_RETRY_SECONDS", default=60.0)
@@ -391,6 +410,9 @@ CHAIN_ID = env.int("CHAIN_ID", default=31337)
 CHAIN_NETWORK = env.str("CHAIN_NETWORK", default=f"eip155:{CHAIN_ID}")
 CHAIN_RPC_TIMEOUT_SECONDS = env.float("CHAIN_RPC_TIMEOUT_SECONDS", default=10.0)
 CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
+# A completed payment is re-verified until its transaction is this many blocks deep; one that
+# left the canonical chain (a reorg) is settled again. Per network, see README.
+CHAIN_FINALITY_BLOCKS = env.int("CHAIN_FINALITY_BLOCKS", default=12)
 CHAIN_CONFIRMATION_TIMEOUT_SECONDS = env.float("CHAIN_CONFIRMATION_TIMEOUT_SECONDS", default=60.0)
 CHAIN_RECEIPT_POLL_SECONDS = env.float("CHAIN_RECEIPT_POLL_SECONDS", default=0.05)
 TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")
@@ -411,6 +433,10 @@ TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
 RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
+# A settlement still pending this many blocks after it was sent is replaced (same nonce) with
+# fees raised by RELAYER_FEE_BUMP_PERCENT (at least 10 %), capped by RELAYER_MAX_FEE_GWEI.
+RELAYER_FEE_BUMP_BLOCKS = env.int("RELAYER_FEE_BUMP_BLOCKS", default=3)
+RELAYER_FEE_BUMP_PERCENT = env.float("RELAYER_FEE_BUMP_PERCENT", default=15.0)
 # Longest wait for (and hold of) the relayer's nonce lock shared by every worker.
 RELAYER_LOCK_TIMEOUT_SECONDS = env.float("RELAYER_LOCK_TIMEOUT_SECONDS", default=10.0)
 X402_FACILITATOR_URL = env.str("X402_FACILITATOR_URL", default="")

@@ -21,6 +21,7 @@ class Job(models.Model):
         MANUAL = "manual", "Manual trigger"
         DUNNING = "dunning", "Dunning retry"
         RETRY = "retry", "Operator retry"
+        REORG = "reorg", "Settled again after a reorg"
 
     OPEN_STATUSES = (Status.WAITING, Status.ACTIVE, Status.DELAYED)
 
@@ -47,6 +48,9 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     recoveries = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The transactional outbox: a waiting/delayed job is queued once its row is committed;
+    # enqueued_at is when its message was last published to the broker (empty: not yet, the
+    # dispatcher publishes it when it is due), next_attempt_at when it is due (empty: now).
     enqueued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -77,6 +81,13 @@ class Job(models.Model):
                 name="job_waiting_idx",
                 condition=Q(status__in=["waiting", "delayed"]),
             ),
+            # The dispatcher's outbox: open jobs whose message is not on the broker, by due
+            # time. Only unpublished rows are in it (small, whatever the backlog).
+            models.Index(
+                fields=["next_attempt_at"],
+                name="job_unpublished_idx",
+                condition=Q(status__in=["waiting", "delayed"], enqueued_at__isnull=True),
+            ),
             # Partial: a job enters them only when it finishes, so the scan's inserts of
             # waiting jobs do not pay for them.
             models.Index(
@@ -97,3 +108,50 @@ class Job(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status in self.OPEN_STATUSES
+
+
+class JobAttempt(models.Model):
+    """One attempt of a job: appended when a worker claims the job and closed once, when the
+    attempt ends (never changed after that, never deleted but with its job). The job's
+    timeline for operators (admin) and integrators (API)."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        RETRY = "retry", "Transient error, retry scheduled"
+        FAILED = "failed", "Failed"
+        SETTLEMENT_PENDING = "settlement_pending", "Broadcast, waiting for the chain"
+        CONFIGURATION_WAIT = "configuration_wait", "Waiting for the operator's configuration"
+        LEASE_LOST = "lease_lost", "Lease lost (another worker took the job)"
+        WORKER_LOST = "worker_lost", "Worker lost (killed or timed out; taken back)"
+        INTERRUPTED = "interrupted", "Interrupted (database unavailable)"
+        REORGED = "reorged", "Transaction left the canonical chain"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempts", db_index=False)
+    # The job's attempt count when this attempt started (a lost attempt is given back, so the
+    # attempt after a crash carries the same number).
+    number = models.PositiveSmallIntegerField()
+    worker = models.CharField(max_length=128, blank=True, default="")
+    outcome = models.CharField(max_length=32, choices=Outcome.choices, default=Outcome.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    # Every settlement transaction this attempt signed (a fee bump adds one), oldest first.
+    transaction_hashes = models.JSONField(default=list, blank=True)
+    # Gas of the transaction that landed, and what the relayer paid for it (wei).
+    gas_used = models.BigIntegerField(null=True, blank=True)
+    fee_wei = models.DecimalField(max_digits=78, decimal_places=0, null=True, blank=True)
+
+    class Meta:
+        ordering = ("started_at", "id")
+        indexes = [models.Index(fields=["job", "started_at"], name="job_attempt_job_idx")]
+
+    def __str__(self) -> str:
+        return f"Attempt {self.number} of job {self.job_id} ({self.outcome})"
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds() * 1000)

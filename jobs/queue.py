@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from config.celery import app
 from config.redis import get_redis
+from jobs.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,14 @@ _KOMBU_PRIORITY_STEPS = (3, 6, 9)
 PROCESS_TASK = "autopay.process_autopay_job"
 # Messages buffered per Redis round trip (one pipelined LPUSH batch).
 PUBLISH_BATCH_SIZE = 1000
+# A publish fails fast when the broker is unreachable (kombu's default retries forever): the
+# job row is the durable outbox, and the dispatcher publishes what could not be published.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 
 def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = None) -> int:
@@ -66,6 +75,7 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
                 serializer="json",
                 headers=headers,
                 retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
                 **properties,
             )
             published += 1
@@ -75,22 +85,46 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
 def publish_jobs_on_commit(job_ids: Iterable[UUID | str]) -> None:
     """Publish after the surrounding transaction commits, so a worker never sees a missing row.
 
-    A failed publish is logged, not raised: the job row is already durable and the recovery
-    task republishes waiting jobs whose message was lost.
+    A failed publish is logged, not raised: the job row is already durable (it is queued once
+    committed). Its message is marked unpublished and the dispatcher publishes it as soon as
+    the broker answers again.
     """
     ids = [str(job_id) for job_id in job_ids]
     if not ids:
         return
 
     def _publish() -> None:
-        try:
-            publish_jobs(ids)
-        except Exception:
-            logger.exception(
-                "publishing %d job message(s) failed; recovery will republish", len(ids)
-            )
+        publish_or_mark_unpublished(ids)
 
     transaction.on_commit(_publish)
+
+
+def publish_or_mark_unpublished(job_ids: list[str]) -> int:
+    """Publish the jobs' messages; on failure, mark them unpublished for the dispatcher.
+    Returns how many messages were published."""
+    try:
+        return publish_jobs(job_ids)
+    except Exception as exc:
+        logger.warning(
+            "publishing %d job message(s) failed (%s); the dispatcher will publish them",
+            len(job_ids),
+            type(exc).__name__,
+        )
+        jobs_mark_unpublished(job_ids)
+        return 0
+
+
+def jobs_mark_unpublished(job_ids: Iterable[UUID | str]) -> None:
+    """Their message never reached the broker: the dispatcher publishes them when they are
+    due. Best effort: when the database is unreachable too, the lost-message check finds them
+    (published long ago, never claimed, not in the broker's queue)."""
+    ids = [str(job_id) for job_id in job_ids]
+    try:
+        Job.objects.filter(pk__in=ids, status__in=[Job.Status.WAITING, Job.Status.DELAYED]).update(
+            enqueued_at=None
+        )
+    except Exception:
+        logger.warning("could not mark %d job(s) unpublished", len(ids), exc_info=True)
 
 
 def broker_is_redis() -> bool:

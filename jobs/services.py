@@ -4,6 +4,7 @@ redelivered message or a recovery sweep can never both act on one job."""
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,12 +19,17 @@ from django.utils import timezone
 
 from config.errors import StateConflict
 from jobs.api.serializers import JobStatusSerializer
-from jobs.models import Job
-from jobs.queue import broker_queue_length, publish_jobs, publish_jobs_on_commit
+from jobs.models import Job, JobAttempt
+from jobs.queue import (
+    broker_queue_length,
+    publish_jobs_on_commit,
+    publish_or_mark_unpublished,
+)
 from subscriptions import errors
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import (
     PaymentConflict,
+    payment_await_settlement,
     payment_record_failure,
     payment_reopen,
     payment_take_due,
@@ -48,6 +54,15 @@ class JobNotRetryable(StateConflict):
 
 class LeaseLost(Exception):
     """This worker no longer holds the job's lease (recovered or finished elsewhere)."""
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """What an attempt did on the chain, for its row in the attempts ledger."""
+
+    transaction_hashes: tuple[str, ...] = ()
+    gas_used: int | None = None
+    fee_wei: int | None = None
 
 
 def job_data(
@@ -133,28 +148,34 @@ def job_claim(*, job_id: UUID | str, worker_id: str) -> Job | None:
     """Move a waiting or delayed job to active for this worker, or return None.
 
     Only one caller can win: the update is conditional on the job's current status, on its
-    retry time having come, and on attempts remaining.
+    retry time having come, and on attempts remaining. The winner's attempt is appended to
+    the attempts ledger in the same transaction.
     """
     now = timezone.now()
-    claimed = (
-        Job.objects.filter(pk=job_id, status__in=[Job.Status.WAITING, Job.Status.DELAYED])
-        .filter(attempts_made__lt=F("max_attempts"))
-        .filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+    with transaction.atomic():
+        claimed = (
+            Job.objects.filter(pk=job_id, status__in=[Job.Status.WAITING, Job.Status.DELAYED])
+            .filter(attempts_made__lt=F("max_attempts"))
+            .filter(
+                Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+            )
+            .update(
+                status=Job.Status.ACTIVE,
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
+                attempts_made=F("attempts_made") + 1,
+                started_at=Coalesce(F("started_at"), now),
+                next_attempt_at=None,
+                updated_at=now,
+            )
         )
-        .update(
-            status=Job.Status.ACTIVE,
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
-            attempts_made=F("attempts_made") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            next_attempt_at=None,
-            updated_at=now,
+        if not claimed:
+            return None
+        job = Job.objects.select_related("payment", "subscription").get(pk=job_id)
+        JobAttempt.objects.create(
+            job=job, number=job.attempts_made, worker=worker_id, started_at=now
         )
-    )
-    if not claimed:
-        return None
-    return Job.objects.select_related("payment", "subscription").get(pk=job_id)
+    return job
 
 
 def _held(job: Job, worker_id: str) -> Any:
@@ -174,8 +195,26 @@ def job_progress(*, job: Job, worker_id: str, progress: int) -> None:
     job.progress = progress
 
 
-def job_complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
-    updated = _held(job, worker_id).update(**_completed(result))
+def job_lease_renew(*, job_id: UUID | str, worker_id: str) -> bool:
+    """Extend the lease of an active job this worker holds (the heartbeat); False when it no
+    longer holds it."""
+    expires = timezone.now() + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)
+    return bool(
+        Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_owner=worker_id).update(
+            lease_expires_at=expires
+        )
+    )
+
+
+def job_complete(
+    *, job: Job, worker_id: str, result: dict[str, Any], report: AttemptReport | None = None
+) -> bool:
+    with transaction.atomic():
+        updated = _held(job, worker_id).update(**_completed(result))
+        if updated:
+            job_attempt_close(
+                job=job, worker_id=worker_id, outcome=JobAttempt.Outcome.COMPLETED, report=report
+            )
     return bool(updated)
 
 
@@ -209,10 +248,12 @@ def job_fail(
     code: str,
     message: str,
     expired_before: datetime | None = None,
+    report: AttemptReport | None = None,
 ) -> bool:
     """Fail the job for good (kept for debugging, as the baseline promised). Only the lease
     holder ``worker_id`` may; without one (an operator, recovery) any open job, or with
-    ``expired_before`` only an active job whose lease expired before then."""
+    ``expired_before`` only an active job whose lease expired before then. The attempt in
+    progress is closed as failed (the holder's) or as its worker lost (anyone else's)."""
     now = timezone.now()
     if worker_id is not None:
         queryset = _held(job, worker_id)
@@ -236,6 +277,16 @@ def job_fail(
             updated_at=now,
         )
         if updated:
+            job_attempt_close(
+                job=job,
+                worker_id=worker_id,
+                outcome=JobAttempt.Outcome.FAILED
+                if worker_id is not None
+                else JobAttempt.Outcome.WORKER_LOST,
+                code=code,
+                message=message,
+                report=report,
+            )
             _job_failed_event(job.pk)
     return bool(updated)
 
@@ -257,29 +308,93 @@ def job_delay(
     code: str,
     message: str,
     count_attempt: bool = True,
+    outcome: str = JobAttempt.Outcome.RETRY,
+    report: AttemptReport | None = None,
 ) -> bool:
     """Park the job until its next attempt after a transient error. ``count_attempt=False``
-    gives the attempt back (the job waited for the operator, it did not try to pay)."""
+    gives the attempt back (the job waited for the operator or the chain, it did not try to
+    pay). The job is due again at ``next_attempt_at``; the dispatcher publishes it then (its
+    message is unpublished until then: ``enqueued_at`` empty)."""
     now = timezone.now()
     extra: dict[str, Any] = {} if count_attempt else {"attempts_made": F("attempts_made") - 1}
-    updated = _held(job, worker_id).update(
-        **extra,
-        status=Job.Status.DELAYED,
-        error_code=code,
-        error=message[:2000],
-        next_attempt_at=now + timedelta(seconds=countdown),
-        enqueued_at=now,
-        lease_owner="",
-        lease_expires_at=None,
-        updated_at=now,
-    )
+    with transaction.atomic():
+        updated = _held(job, worker_id).update(
+            **extra,
+            status=Job.Status.DELAYED,
+            error_code=code,
+            error=message[:2000],
+            next_attempt_at=now + timedelta(seconds=countdown),
+            enqueued_at=None,
+            lease_owner="",
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        if updated:
+            job_attempt_close(
+                job=job,
+                worker_id=worker_id,
+                outcome=outcome,
+                code=code,
+                message=message,
+                report=report,
+            )
     return bool(updated)
 
 
-def retry_countdown(*, attempts_made: int) -> float:
-    """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default."""
+def job_attempt_close(
+    *,
+    job: Job,
+    worker_id: str | None,
+    outcome: str,
+    code: str = "",
+    message: str = "",
+    report: AttemptReport | None = None,
+) -> int:
+    """Close the job's attempt in progress (``worker_id``'s, or any with None) with its
+    outcome. An attempt is closed once: a closed row is never written again."""
+    open_attempts = JobAttempt.objects.filter(job_id=job.pk, finished_at__isnull=True)
+    if worker_id is not None:
+        open_attempts = open_attempts.filter(worker=worker_id)
+    fields: dict[str, Any] = {
+        "outcome": outcome,
+        "finished_at": timezone.now(),
+        "error_code": code[:64],
+        "error_message": message[:2000],
+    }
+    if report is not None:
+        fields.update(
+            transaction_hashes=list(report.transaction_hashes),
+            gas_used=report.gas_used,
+            fee_wei=report.fee_wei,
+        )
+    return open_attempts.update(**fields)
+
+
+def job_note_reorg(*, job: Job, transaction_hash: str, message: str) -> JobAttempt:
+    """Append to a completed job's ledger that its transaction left the canonical chain (the
+    job stays as it ended; its payment is settled again by a new job)."""
+    now = timezone.now()
+    return JobAttempt.objects.create(
+        job=job,
+        number=job.attempts_made,
+        outcome=JobAttempt.Outcome.REORGED,
+        started_at=now,
+        finished_at=now,
+        error_code="chain_reorg",
+        error_message=message[:2000],
+        transaction_hashes=[transaction_hash],
+    )
+
+
+def retry_countdown(*, attempts_made: int, cap: float | None = None) -> float:
+    """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default, plus a
+    random jitter of up to AUTOPAY_RETRY_JITTER of it (25 %: 2-2.5 s, 4-5 s), so that jobs
+    that failed together (an RPC outage) do not all come back in the same instant."""
     base = settings.AUTOPAY_RETRY_BACKOFF_SECONDS
-    return float(base * (2 ** max(attempts_made - 1, 0)))
+    delay = float(base * (2 ** max(attempts_made - 1, 0)))
+    if cap is not None:
+        delay = min(delay, cap)
+    return delay * (1 + random.uniform(0, settings.AUTOPAY_RETRY_JITTER))
 
 
 def job_retry(*, job: Job) -> Job:
@@ -307,10 +422,35 @@ class RecoverySummary:
     leases_recovered: int
     republished: int
     failed: int
+    published: int = 0
+
+
+def jobs_dispatch(*, batch_size: int = 1000) -> int:
+    """The outbox dispatcher's step: publish every job that is due and has no message on the
+    broker (a retry whose backoff ended, a job taken back from a dead worker, a job whose
+    publish failed while the broker was down). Returns how many were published.
+
+    Rows are picked with SKIP LOCKED and marked published (``enqueued_at``) before the publish,
+    so two dispatchers never publish the same job twice; a failed publish unmarks them.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        ids = [
+            str(job_id)
+            for job_id in Job.objects.select_for_update(skip_locked=True)
+            .filter(status__in=[Job.Status.WAITING, Job.Status.DELAYED], enqueued_at__isnull=True)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by(F("next_attempt_at").asc(nulls_first=True))
+            .values_list("pk", flat=True)[:batch_size]
+        ]
+        if not ids:
+            return 0
+        Job.objects.filter(pk__in=ids).update(enqueued_at=now)
+    return publish_or_mark_unpublished(ids)
 
 
 def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoverySummary:
-    """Take back jobs whose worker died (lease expired) and republish lost messages.
+    """Take back jobs whose worker died (lease expired), find lost messages, publish both.
 
     A job recovered more than ``max_recoveries`` times fails with ``worker_lost`` so that a
     job that kills its worker cannot loop forever; its payment is reconciled separately.
@@ -319,11 +459,13 @@ def jobs_recover(*, max_recoveries: int = 3, batch_size: int = 500) -> RecoveryS
     recovered_ids, failed = _take_back_expired_leases(
         now=now, max_recoveries=max_recoveries, batch_size=batch_size
     )
-    republish = recovered_ids + _lost_messages(now=now, batch_size=batch_size)
-    if republish:
-        publish_jobs(republish)
+    lost = _mark_lost_messages(now=now, batch_size=batch_size)
+    published = jobs_dispatch(batch_size=batch_size * 2)
     return RecoverySummary(
-        leases_recovered=len(recovered_ids), republished=len(republish), failed=failed
+        leases_recovered=len(recovered_ids),
+        republished=len(recovered_ids) + lost,
+        failed=failed,
+        published=published,
     )
 
 
@@ -344,55 +486,94 @@ def _take_back_expired_leases(
             failed += _fail_lost_job(job_id=job_id, now=now)
             continue
         # The lost attempt is given back: a crash is not a payment failure.
-        if Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now).update(
-            status=Job.Status.WAITING,
-            lease_owner="",
-            lease_expires_at=None,
-            recoveries=F("recoveries") + 1,
-            attempts_made=F("attempts_made") - 1 if attempts_made > 0 else 0,
-            enqueued_at=now,
-            updated_at=now,
-        ):
+        with transaction.atomic():
+            taken_back = Job.objects.filter(
+                pk=job_id, status=Job.Status.ACTIVE, lease_expires_at__lt=now
+            ).update(
+                status=Job.Status.WAITING,
+                lease_owner="",
+                lease_expires_at=None,
+                recoveries=F("recoveries") + 1,
+                attempts_made=F("attempts_made") - 1 if attempts_made > 0 else 0,
+                # Unpublished: the dispatcher publishes it (at once, it is due).
+                enqueued_at=None,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+            if taken_back:
+                _close_lost_attempt(job_id=job_id)
+        if taken_back:
             recovered_ids.append(str(job_id))
             logger.warning("recovered job %s from an expired lease", job_id)
     return recovered_ids, failed
 
 
+def _close_lost_attempt(*, job_id: UUID) -> None:
+    """The dead worker's attempt, closed as lost, with the transaction it had broadcast (the
+    payment's hash is written before every broadcast)."""
+    payment = Payment.objects.filter(jobs__pk=job_id).values("status", "transaction_hash").first()
+    hashes: tuple[str, ...] = ()
+    if payment and payment["status"] == Payment.Status.SUBMITTED and payment["transaction_hash"]:
+        hashes = (payment["transaction_hash"],)
+    job_attempt_close(
+        job=Job(pk=job_id),
+        worker_id=None,
+        outcome=JobAttempt.Outcome.WORKER_LOST,
+        code=errors.WorkerLost.code,
+        message="the worker stopped renewing its lease (killed or stuck); the job was taken back",
+        report=AttemptReport(transaction_hashes=hashes) if hashes else None,
+    )
+
+
 def _fail_lost_job(*, job_id: UUID, now: datetime) -> int:
     """Fail a job that lost its worker too often, and its payment, in one transaction. The
-    period stays owed (failed, so dunning retries it); a payment that was broadcast keeps its
-    hash and the reconcile sweep asks the chain about it."""
+    period stays owed (failed, so dunning retries it); a payment that was broadcast is not
+    failed but settlement_pending, and the reconcile sweep asks the chain about it."""
     error = errors.WorkerLost("worker lost the job too many times (killed or timed out)")
     with transaction.atomic():
         job = Job.objects.select_related("payment").get(pk=job_id)
-        Payment.objects.select_for_update().filter(pk=job.payment_id).exists()
+        payment = Payment.objects.select_for_update().get(pk=job.payment_id)
         if not job_fail(
             job=job, worker_id=None, code=error.code, message=error.message, expired_before=now
         ):
             return 0
-        payment_record_failure(payment=job.payment, code=error.code, message=error.message)
+        if payment.money_may_move:
+            payment_await_settlement(
+                payment=payment,
+                code=errors.SettlementPending.code,
+                message=f"transaction {payment.transaction_hash} may still settle; the chain "
+                f"is asked again (job failed: {error.code})",
+            )
+        else:
+            payment_record_failure(payment=payment, code=error.code, message=error.message)
     return 1
 
 
-def _lost_messages(*, now: datetime, batch_size: int) -> list[str]:
-    """Waiting or delayed jobs whose message was lost (older than the stale threshold)."""
+def _mark_lost_messages(*, now: datetime, batch_size: int) -> int:
+    """Due jobs whose message was published more than AUTOPAY_STALE_WAITING_SECONDS ago and
+    never claimed, when the broker's queue holds fewer messages than there are such jobs (so
+    some messages were lost: a Redis restarted without its data, a worker killed holding a
+    prefetched message). They are marked unpublished for the dispatcher; duplicates of
+    messages that were not lost are harmless (the claim is conditional). A long backlog is not
+    a loss: then the queue holds at least as many messages as there are old waiting jobs."""
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
-    stale_waiting = Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
-    # A long backlog is not a lost message: when the broker holds at least as many messages
-    # as there are waiting jobs, old waiting jobs are only queued behind others.
-    queued = broker_queue_length()
-    if queued is not None and queued >= Job.objects.filter(status=Job.Status.WAITING).count():
-        stale_waiting = Q(pk__in=[])
-    stale = list(
-        Job.objects.filter(
-            stale_waiting | Q(status=Job.Status.DELAYED, next_attempt_at__lt=stale_before)
-        )
-        .order_by("enqueued_at")
-        .values_list("pk", flat=True)[:batch_size]
+    stale = Job.objects.filter(
+        status__in=[Job.Status.WAITING, Job.Status.DELAYED], enqueued_at__lt=stale_before
     )
-    if stale:
-        Job.objects.filter(pk__in=stale).update(enqueued_at=now)
-    return [str(job_id) for job_id in stale]
+    queued = broker_queue_length()
+    if queued is not None and stale.order_by()[: queued + 1].count() <= queued:
+        return 0
+    ids = list(stale.order_by("enqueued_at").values_list("pk", flat=True)[:batch_size])
+    if not ids:
+        return 0
+    marked = Job.objects.filter(pk__in=ids, enqueued_at__lt=stale_before).update(enqueued_at=None)
+    if marked:
+        logger.warning(
+            "%d job message(s) lost (broker queue holds %s); republishing",
+            marked,
+            "an unknown number" if queued is None else queued,
+        )
+    return marked
 
 
 def jobs_purge_completed(*, older_than_days: int) -> int:

@@ -15,7 +15,13 @@ from config.admin_log import admin_log_action
 from config.export import queryset_csv
 from subscriptions import services, validators
 from subscriptions.exports import PAYMENT_CSV_COLUMNS
-from subscriptions.models import PayerWallet, Payment, PresignedAuthorization, Subscription
+from subscriptions.models import (
+    PayerWallet,
+    Payment,
+    PresignedAuthorization,
+    Subscription,
+    token_amount_text,
+)
 
 # What an operator may change on an existing subscription: what the API may change. The
 # billing schedule (anchor, interval) and the token stay as they are, because changing them
@@ -33,12 +39,27 @@ FIXED_AFTER_CREATION = (
 )
 
 
-class PaymentInline(admin.TabularInline):
+class TokenAmountMixin:
+    """``token_amount``: the amount with the token's own decimals (the column keeps 18)."""
+
+    @admin.display(description="Amount", ordering="amount")
+    def token_amount(self, row: Subscription | Payment) -> str:
+        return token_amount_text(row.amount, row.token_decimals)
+
+
+class PaymentInline(TokenAmountMixin, admin.TabularInline):
     model = Payment
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("period_start", "amount", "status", "transaction_hash", "error_code", "completed_at")
+    fields = (
+        "period_start",
+        "token_amount",
+        "status",
+        "transaction_hash",
+        "error_code",
+        "completed_at",
+    )
     readonly_fields = fields
     ordering = ("-period_start",)
     max_num = 0
@@ -63,6 +84,13 @@ class SubscriptionAdminForm(forms.ModelForm):
             "billing_anchor",
             "auto_pay_enabled",
         )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        instance = self.instance
+        if instance.pk and instance.amount is not None and "amount" not in self.data:
+            # Shown with the token's decimals, not the 18 places the column stores.
+            self.initial["amount"] = token_amount_text(instance.amount, instance.token_decimals)
 
     def _validated(self, field: str, validator: Any) -> Any:
         value = self.cleaned_data.get(field)
@@ -129,13 +157,13 @@ class SubscriptionAdminForm(forms.ModelForm):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(TokenAmountMixin, admin.ModelAdmin):
     form = SubscriptionAdminForm
     list_display = (
         "id",
         "service_name",
         "owner",
-        "amount",
+        "token_amount",
         "interval_count",
         "interval_unit",
         "status",
@@ -218,12 +246,12 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(TokenAmountMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "subscription",
         "period_start",
-        "amount",
+        "token_amount",
         "status",
         "error_code",
         "short_transaction_hash",
@@ -257,11 +285,21 @@ class PaymentAdmin(admin.ModelAdmin):
             queryset.order_by("-period_start", "-id"), PAYMENT_CSV_COLUMNS, name="payments"
         )
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        # Payments are records of money movement: operators read them, services write them.
-        return [field.name for field in Payment._meta.fields]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [
+            "token_amount" if field.name == "amount" else field.name
+            for field in Payment._meta.fields
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.get_fields(request, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Payments are records of money movement: operators read them, services write them.
+        # The page is read-only (no Save button).
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -171,6 +171,12 @@ class Subscription(models.Model):
         return Q(auto_pay_enabled=True, status__in=cls.CHARGEABLE_STATUSES)
 
 
+def token_amount_text(amount: Decimal, decimals: int) -> str:
+    """An amount as the token counts it: exactly ``decimals`` places (12.500000 for USDC),
+    not the 18 places the column stores."""
+    return format(amount.quantize(Decimal(1).scaleb(-decimals)), "f")
+
+
 def to_atomic(amount: Decimal, decimals: int) -> int:
     """Exact conversion of a decimal token amount to integer atomic units."""
     scaled = amount.scaleb(decimals)
@@ -184,6 +190,9 @@ class Payment(models.Model):
         PENDING = "pending", "Pending"
         PROCESSING = "processing", "Processing"
         SUBMITTED = "submitted", "Submitted on-chain"
+        # Broadcast, and the chain has not answered (RPC down, still pending): never failed
+        # while money may move; the job (or the reconcile sweep) asks the chain again.
+        SETTLEMENT_PENDING = "settlement_pending", "Settlement pending (waiting for the chain)"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
         # Owed while the engine was down, older than AUTOPAY_MAX_MISSED_PERIODS: never charged.
@@ -214,7 +223,7 @@ class Payment(models.Model):
     token_decimals = models.PositiveSmallIntegerField(default=6)
     network = models.CharField(max_length=64)
     # Indexed through payment_status_idx (status, updated_at).
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING)
     # EIP-3009 nonce derived from the payment's identity, so the chain refuses a second charge.
     authorization_nonce = models.CharField(max_length=66, blank=True, default="")
     valid_after = models.BigIntegerField(null=True, blank=True)
@@ -227,6 +236,9 @@ class Payment(models.Model):
     error_message = models.TextField(blank=True, default="")
     submitted_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # When its transaction was found CHAIN_FINALITY_BLOCKS deep (until then a completed
+    # payment is re-verified: a reorg may take the transaction away).
+    finalized_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -239,6 +251,12 @@ class Payment(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "updated_at"], name="payment_status_idx"),
+            # The finality sweep: completed payments not yet final, by block.
+            models.Index(
+                fields=["block_number"],
+                name="payment_unfinal_idx",
+                condition=Q(status="completed", finalized_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -248,9 +266,18 @@ class Payment(models.Model):
     def amount_atomic(self) -> int:
         return to_atomic(self.amount, self.token_decimals)
 
+    # A transaction for it may be on its way to the chain: it cannot be recorded failed
+    # until the chain has answered for that transaction.
+    IN_FLIGHT_ON_CHAIN = (Status.SUBMITTED, Status.SETTLEMENT_PENDING)
+
     @property
     def is_terminal(self) -> bool:
         return self.status in (self.Status.COMPLETED, self.Status.FAILED, self.Status.WAIVED)
+
+    @property
+    def money_may_move(self) -> bool:
+        """A settlement was broadcast and the chain has not said what became of it."""
+        return self.status in self.IN_FLIGHT_ON_CHAIN and bool(self.transaction_hash)
 
 
 class PresignedAuthorization(models.Model):

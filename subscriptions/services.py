@@ -441,6 +441,68 @@ def payment_record_success(
     return locked
 
 
+def payment_finalize(*, payment: Payment, block_number: int) -> bool:
+    """The payment's transaction is final (CHAIN_FINALITY_BLOCKS deep in block ``block_number``):
+    it is not re-verified again."""
+    return bool(
+        Payment.objects.filter(
+            pk=payment.pk,
+            status=Payment.Status.COMPLETED,
+            transaction_hash=payment.transaction_hash,
+            finalized_at__isnull=True,
+        ).update(block_number=block_number, finalized_at=timezone.now())
+    )
+
+
+def payment_move_settlement(*, payment: Payment, transaction_hash: str, block_number: int) -> bool:
+    """A completed payment's settlement is in another block (re-mined after a reorg) or another
+    transaction (the same authorization, submitted by someone else): record where it is."""
+    return bool(
+        Payment.objects.filter(
+            pk=payment.pk, status=Payment.Status.COMPLETED, finalized_at__isnull=True
+        ).update(transaction_hash=transaction_hash, block_number=block_number)
+    )
+
+
+def payment_reopen_after_reorg(*, payment: Payment, message: str) -> bool:
+    """The completed payment's transaction left the canonical chain and its authorization is
+    unused: the money did not move after all. It is owed again (pending; settled again with the
+    same derived authorization nonce). Only the completion seen (same hash) is undone."""
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if (
+            locked.status != Payment.Status.COMPLETED
+            or locked.transaction_hash != payment.transaction_hash
+            or locked.finalized_at is not None
+        ):
+            return False
+        locked.status = Payment.Status.PENDING
+        locked.transaction_hash = ""
+        locked.block_number = None
+        locked.completed_at = None
+        locked.error_code = "chain_reorg"
+        locked.error_message = message[:2000]
+        locked.save()
+        subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
+        _refresh_next_payment_due(subscription)
+    return True
+
+
+def payment_await_settlement(*, payment: Payment, code: str, message: str) -> Payment:
+    """The payment's transaction was broadcast and the chain has not answered for it: it is
+    ``settlement_pending`` (not failed; the subscription is not touched) until the chain does.
+    ``code``/``message`` say why it is waiting."""
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if locked.status == Payment.Status.COMPLETED:
+            return locked
+        locked.status = Payment.Status.SETTLEMENT_PENDING
+        locked.error_code = code
+        locked.error_message = message[:2000]
+        locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+    return locked
+
+
 def payment_record_failure(*, payment: Payment, code: str, message: str) -> Payment:
     """Record a final failure and hand the subscription to the dunning schedule."""
     now = timezone.now()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,9 @@ from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentE
 
 logger = logging.getLogger(__name__)
 
+# Geth (and most nodes) accept a replacement only with both fees raised by at least 10 %.
+MIN_REPLACEMENT_BUMP_PERCENT = 10.0
+
 _NONCE_ERRORS = (
     "nonce too low",
     "already known",
@@ -67,6 +72,22 @@ class SettlementContext:
     # string; the rail classifies by this original instead.
     error: BaseException | None = None
     sent_hashes: list[str] = field(default_factory=list)
+    # The transaction that landed when it is a fee-bump replacement of the one first sent (the
+    # SDK only knows the first).
+    landed_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class SentTransaction:
+    """What the relayer signed, kept to replace it with higher fees (a node may have dropped
+    it, so it cannot be read back from the node)."""
+
+    nonce: int
+    to: str
+    data: str
+    gas: int
+    max_fee: int
+    priority: int
 
 
 _context = threading.local()
@@ -137,6 +158,8 @@ class Relayer:
         max_fee_wei: int | None = None,
         priority_fee_wei: int = 1_000_000_000,
         lock_timeout: float = 30.0,
+        fee_bump_blocks: int = 0,
+        fee_bump_percent: float = 15.0,
     ) -> None:
         self._account = Account.from_key(private_key)
         self._w3 = w3
@@ -148,6 +171,11 @@ class Relayer:
         self._max_fee_wei = max_fee_wei
         self._priority_fee_wei = priority_fee_wei
         self._lock_timeout = lock_timeout
+        # Replace a transaction still pending after this many blocks (0: never), with fees
+        # raised by this much (at least the 10 % a node requires of a replacement).
+        self._fee_bump_blocks = fee_bump_blocks
+        self._fee_bump_percent = max(fee_bump_percent, MIN_REPLACEMENT_BUMP_PERCENT)
+        self._sent: OrderedDict[str, SentTransaction] = OrderedDict()
         self._fee_cache: tuple[float, int, int] | None = None
         key = f"autopay:relayer:{chain_id}:{self._account.address.lower()}"
         self._nonce_key = f"{key}:next-nonce"
@@ -257,10 +285,10 @@ class Relayer:
 
     # --- Sending --------------------------------------------------------------------------
 
-    def _fees(self) -> tuple[int, int]:
+    def _fees(self, *, fresh: bool = False) -> tuple[int, int]:
         """EIP-1559 (maxFeePerGas, maxPriorityFeePerGas) with headroom for a rising base fee."""
         now = time.monotonic()
-        if self._fee_cache and now - self._fee_cache[0] < 2.0:
+        if not fresh and self._fee_cache and now - self._fee_cache[0] < 2.0:
             return self._fee_cache[1], self._fee_cache[2]
         block = self._rpc(self._w3.eth.get_block, "latest")
         base_fee = int(block.get("baseFeePerGas") or 0)
@@ -350,6 +378,12 @@ class Relayer:
                 raise
             if context is not None:
                 context.sent_hashes.append(tx_hash)
+            self._remember(
+                tx_hash,
+                SentTransaction(
+                    nonce=nonce, to=to, data=data, gas=gas, max_fee=max_fee, priority=priority
+                ),
+            )
             # Bookkeeping only: a Redis hiccup here must not turn a broadcast into a failure.
             with contextlib.suppress(Exception):
                 self._redis.eval(_SET_MAX_SCRIPT, 1, self._nonce_key, nonce + 1, 3600)
@@ -386,24 +420,150 @@ class Relayer:
         return stored
 
     def wait_for_receipt(self, tx_hash: str) -> dict[str, Any]:
-        """Poll for the receipt until it has the configured confirmations, or time out."""
+        """Poll for the receipt until it has the configured confirmations, or time out.
+
+        A transaction still pending ``fee_bump_blocks`` blocks after it was sent (or after its
+        last replacement) is replaced: same nonce, fees raised by at least the node's
+        replacement minimum, capped by RELAYER_MAX_FEE_GWEI. Whichever of them lands is the
+        receipt returned (and ``landed_hash`` of the settlement context).
+        """
         deadline = time.monotonic() + self._confirmation_timeout
+        candidates = [tx_hash]  # the original, then its replacements (one nonce)
+        bump_from_block: int | None = None
+        next_head_check = 0.0
         while True:
-            try:
-                receipt = dict(self._rpc(self._w3.eth.get_transaction_receipt, tx_hash))
-            except TransactionNotFound:
-                receipt = None
-            if receipt is not None:
-                if self._confirmations <= 1:
-                    return receipt
+            for candidate in reversed(candidates):
+                receipt = self._receipt(candidate)
+                if receipt is None:
+                    continue
+                if self._confirmations > 1:
+                    head = int(self._rpc(lambda: self._w3.eth.block_number))
+                    if head - int(receipt["blockNumber"]) + 1 < self._confirmations:
+                        break
+                context = _current()
+                if candidate != tx_hash and context is not None:
+                    context.landed_hash = candidate
+                return receipt
+            now = time.monotonic()
+            if self._fee_bump_blocks and now >= next_head_check:
+                next_head_check = now + min(1.0, max(self._poll_interval, 0.2))
                 head = int(self._rpc(lambda: self._w3.eth.block_number))
-                if head - int(receipt["blockNumber"]) + 1 >= self._confirmations:
-                    return receipt
-            if time.monotonic() >= deadline:
+                if bump_from_block is None:
+                    bump_from_block = head
+                elif head - bump_from_block >= self._fee_bump_blocks:
+                    bump_from_block = head
+                    replacement = self.replace_with_higher_fees(candidates[-1])
+                    if replacement is not None:
+                        candidates.append(replacement)
+            if now >= deadline:
                 raise SettlementPending(
-                    f"transaction {tx_hash} not confirmed within {self._confirmation_timeout:.0f}s"
+                    f"transaction {candidates[-1]} not confirmed within "
+                    f"{self._confirmation_timeout:.0f}s"
                 )
             time.sleep(self._poll_interval)
+
+    def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._rpc(self._w3.eth.get_transaction_receipt, tx_hash))
+        except TransactionNotFound:
+            return None
+
+    # --- Fee bumping ----------------------------------------------------------------------
+
+    def _remember(self, tx_hash: str, sent: SentTransaction) -> None:
+        self._sent[tx_hash] = sent
+        while len(self._sent) > 512:
+            self._sent.popitem(last=False)
+
+    def replacement_fees(self, sent: SentTransaction) -> tuple[int, int] | None:
+        """(maxFeePerGas, maxPriorityFeePerGas) for a replacement of ``sent``: today's market
+        price, and at least ``fee_bump_percent`` above the old fees (a node refuses less);
+        None when the cap (RELAYER_MAX_FEE_GWEI) leaves no room for such a raise."""
+        market_max_fee, market_priority = self._fees(fresh=True)
+        factor = 1 + self._fee_bump_percent / 100
+        least_max_fee = math.ceil(sent.max_fee * factor)
+        least_priority = math.ceil(sent.priority * factor)
+        max_fee = max(market_max_fee, least_max_fee)
+        priority = max(market_priority, least_priority)
+        if self._max_fee_wei is not None:
+            max_fee = min(max_fee, self._max_fee_wei)
+        priority = min(priority, max_fee)
+        if max_fee < least_max_fee or priority < least_priority:
+            return None
+        return max_fee, priority
+
+    def replace_with_higher_fees(self, tx_hash: str) -> str | None:
+        """Broadcast a replacement of the pending ``tx_hash`` (same nonce, call and gas, higher
+        fees) and return its hash; None when it cannot or need not be replaced (fees at the
+        cap, unknown to this process, already mined, refused by the node)."""
+        sent = self._sent.get(tx_hash)
+        if sent is None:
+            return None
+        fees = self.replacement_fees(sent)
+        if fees is None:
+            logger.warning(
+                "relayer %s: transaction %s is stuck and its fees cannot be raised under "
+                "RELAYER_MAX_FEE_GWEI",
+                self.address,
+                tx_hash,
+            )
+            return None
+        max_fee, priority = fees
+        signed = self._account.sign_transaction(
+            {
+                "type": 2,
+                "chainId": self._chain_id,
+                "to": sent.to,
+                "data": sent.data,
+                "value": 0,
+                "gas": sent.gas,
+                "maxFeePerGas": max_fee,
+                "maxPriorityFeePerGas": priority,
+                "nonce": sent.nonce,
+            }
+        )
+        replacement = "0x" + bytes(signed.hash).hex().removeprefix("0x")
+        context = _current()
+        if context is not None and context.on_signed is not None:
+            # Recorded before the broadcast, like any settlement transaction.
+            context.on_signed(replacement)
+        try:
+            self._w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception as exc:
+            message = str(exc).lower()
+            if is_transport_error(exc):
+                # It may have reached the node: watch it too.
+                _note_transport(exc)
+            elif "already known" not in message:
+                # Mined meanwhile ("nonce too low") or refused: keep watching the previous one.
+                logger.info("relayer %s: replacement of %s refused: %s", self.address, tx_hash, exc)
+                if context is not None and context.on_signed is not None:
+                    context.on_signed(tx_hash)  # the payment records the previous one again
+                if context is not None and context.on_unsent is not None:
+                    context.on_unsent(replacement)
+                return None
+        if context is not None:
+            context.sent_hashes.append(replacement)
+        self._remember(
+            replacement,
+            SentTransaction(
+                nonce=sent.nonce,
+                to=sent.to,
+                data=sent.data,
+                gas=sent.gas,
+                max_fee=max_fee,
+                priority=priority,
+            ),
+        )
+        logger.warning(
+            "relayer %s: %s still pending; replaced by %s (max fee %d -> %d wei/gas)",
+            self.address,
+            tx_hash,
+            replacement,
+            sent.max_fee,
+            max_fee,
+        )
+        return replacement
 
 
 _relayers: dict[tuple[str, str, str], Relayer] = {}
@@ -437,6 +597,8 @@ def get_relayer() -> Relayer:
                 poll_interval=settings.CHAIN_RECEIPT_POLL_SECONDS,
                 max_fee_wei=max_fee,
                 lock_timeout=settings.RELAYER_LOCK_TIMEOUT_SECONDS,
+                fee_bump_blocks=settings.RELAYER_FEE_BUMP_BLOCKS,
+                fee_bump_percent=settings.RELAYER_FEE_BUMP_PERCENT,
             )
             _relayers[cache_key] = relayer
         return relayer

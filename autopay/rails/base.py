@@ -57,6 +57,9 @@ class Settlement:
     reconciled: bool = False  # found on-chain rather than sent by this attempt
     # x402 HTTP: what the service answered (its settlement response and what it charged).
     service_receipt: dict[str, Any] | None = None
+    # From the receipt, when the rail has it: what the settlement cost in gas (wei per gas).
+    gas_used: int | None = None
+    effective_gas_price: int | None = None
 
 
 class PaymentHooks(Protocol):

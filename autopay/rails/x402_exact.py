@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import DatabaseError
 from eth_utils import to_checksum_address
 from redis.exceptions import RedisError
 from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
@@ -278,10 +279,11 @@ class X402ExactRail:
             settled = self._call("settle", payload, requirements, context)
         if not settled.success:
             return self._refused(intent, settled.error_reason, settled.error_message, context)
-        receipt = chain.transaction_receipt(settled.transaction)
+        # A fee-bump replacement may be the one that landed (the SDK knows only the first).
+        landed = context.landed_hash or settled.transaction
+        receipt = chain.transaction_receipt(landed)
         hooks.progress(Progress.CONFIRMED)
-        block = int(receipt["blockNumber"]) if receipt else None
-        return Settlement(transaction_hash=settled.transaction, block_number=block)
+        return _settlement_from_receipt(landed, receipt)
 
     # --- a remote facilitator's /settle -----------------------------------------------------
 
@@ -414,9 +416,10 @@ class X402ExactRail:
         # The SDK turns every exception of our relayer into a reason string; decide on the
         # original exception first.
         original = context.error
-        if isinstance(original, (errors.PaymentError, SoftTimeLimitExceeded)) or (
+        if isinstance(original, (errors.PaymentError, SoftTimeLimitExceeded, DatabaseError)) or (
             original is not None and type(original).__name__ == "LeaseLost"
         ):
+            # Ours, not the payment's: a lost lease or the database gone is never a refusal.
             raise original
         if isinstance(original, RedisError):
             raise errors.RedisUnavailable(
@@ -460,6 +463,19 @@ class X402ExactRail:
         if reason in ("invalid_exact_evm_transaction_simulation_failed", "transaction_failed"):
             raise errors.SettlementFailed(detail)
         raise errors.FacilitatorRejected(detail)
+
+
+def _settlement_from_receipt(tx_hash: str, receipt: dict[str, Any] | None) -> Settlement:
+    """A settlement with its block and cost, as far as the receipt tells them."""
+    if receipt is None:
+        return Settlement(transaction_hash=tx_hash, block_number=None)
+    gas_price = receipt.get("effectiveGasPrice")
+    return Settlement(
+        transaction_hash=tx_hash,
+        block_number=int(receipt["blockNumber"]),
+        gas_used=int(receipt["gasUsed"]) if receipt.get("gasUsed") is not None else None,
+        effective_gas_price=int(gas_price) if gas_price is not None else None,
+    )
 
 
 def _facilitator_error(

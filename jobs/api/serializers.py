@@ -7,15 +7,41 @@ from typing import Any
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
-from jobs.models import Job
+from jobs.models import Job, JobAttempt
 
 # Plain strings in the schema: enums named "status" would collide with the subscription's.
 _STATUSES = "One of: " + ", ".join(Job.Status.values) + "."
 _SOURCES = "One of: " + ", ".join(Job.Source.values) + "."
 
 
+_OUTCOMES = "One of: " + ", ".join(JobAttempt.Outcome.values) + "."
+
+
 def job_result(job: Job) -> dict[str, Any] | None:
     return job.result or None
+
+
+def timestamp_ms(value: Any) -> str | None:
+    """An ISO 8601 time to the millisecond (the attempts ledger's precision)."""
+    return value.isoformat(timespec="milliseconds") if value else None
+
+
+def attempt_representation(attempt: JobAttempt, *, show_worker: bool) -> dict[str, Any]:
+    """One row of the attempts ledger. The worker's name (host, process, task) is
+    infrastructure: staff see it, integrators get null."""
+    return {
+        "attempt": attempt.number,
+        "outcome": attempt.outcome,
+        "startedAt": timestamp_ms(attempt.started_at),
+        "finishedAt": timestamp_ms(attempt.finished_at),
+        "durationMs": attempt.duration_ms,
+        "worker": attempt.worker if show_worker else None,
+        "errorCode": attempt.error_code or None,
+        "error": attempt.error_message or None,
+        "transactionHashes": list(attempt.transaction_hashes or []),
+        "gasUsed": attempt.gas_used,
+        "feeWei": format(attempt.fee_wei, "f") if attempt.fee_wei is not None else None,
+    }
 
 
 class JobStatusSerializer(serializers.Serializer):
@@ -26,6 +52,8 @@ class JobStatusSerializer(serializers.Serializer):
     """
 
     def to_representation(self, job: Job) -> dict[str, Any]:
+        request = self.context.get("request")
+        show_worker = bool(request is not None and request.user.is_staff)
         return {
             "jobId": str(job.pk),
             "status": job.status,
@@ -33,6 +61,10 @@ class JobStatusSerializer(serializers.Serializer):
             "result": job_result(job),
             "attemptsMade": job.attempts_made,
             "maxAttempts": job.max_attempts,
+            "attempts": [
+                attempt_representation(attempt, show_worker=show_worker)
+                for attempt in job.attempts.all()
+            ],
             "data": job.data,
             "paymentId": str(job.payment_id),
             "source": job.source,
@@ -56,6 +88,27 @@ def job_status_schema() -> Any:
             "result": serializers.JSONField(allow_null=True),
             "attemptsMade": serializers.IntegerField(),
             "maxAttempts": serializers.IntegerField(),
+            "attempts": inline_serializer(
+                "JobAttempt",
+                fields={
+                    "attempt": serializers.IntegerField(),
+                    "outcome": serializers.CharField(help_text=_OUTCOMES),
+                    "startedAt": serializers.DateTimeField(),
+                    "finishedAt": serializers.DateTimeField(allow_null=True),
+                    "durationMs": serializers.IntegerField(allow_null=True),
+                    "worker": serializers.CharField(
+                        allow_null=True, help_text="Staff only; null for others."
+                    ),
+                    "errorCode": serializers.CharField(allow_null=True),
+                    "error": serializers.CharField(allow_null=True),
+                    "transactionHashes": serializers.ListField(child=serializers.CharField()),
+                    "gasUsed": serializers.IntegerField(allow_null=True),
+                    "feeWei": serializers.CharField(
+                        allow_null=True, help_text="Gas paid by the relayer, in wei (a string)."
+                    ),
+                },
+                many=True,
+            ),
             "data": serializers.JSONField(help_text="The job's input."),
             "paymentId": serializers.CharField(),
             "source": serializers.CharField(help_text=_SOURCES),

@@ -80,7 +80,7 @@ class JobViewSet(CsvExportMixin, viewsets.GenericViewSet):
         job = self._get_job(pk)
         if job is None:
             return error_response("Job not found", status.HTTP_404_NOT_FOUND)
-        return success_response(JobStatusSerializer(job).data)
+        return success_response(JobStatusSerializer(job, context={"request": request}).data)
 
     @extend_schema(
         responses={200: _success("SubscriptionJobsResponse", JobSummarySerializer(many=True))}

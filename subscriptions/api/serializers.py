@@ -310,6 +310,7 @@ class PaymentOutputSerializer(serializers.ModelSerializer):
             "error_message",
             "submitted_at",
             "completed_at",
+            "finalized_at",
             "created_at",
             "updated_at",
         )

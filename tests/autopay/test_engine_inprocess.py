@@ -43,8 +43,8 @@ def progress_reported(monkeypatch: Any) -> list[int]:
         job_progress(job=job, worker_id=worker_id, progress=progress)
         reported.append(progress)
 
-    def complete(*, job: Job, worker_id: str, result: dict[str, Any]) -> bool:
-        completed = job_complete(job=job, worker_id=worker_id, result=result)
+    def complete(*, job: Job, worker_id: str, result: dict[str, Any], **extra: Any) -> bool:
+        completed = job_complete(job=job, worker_id=worker_id, result=result, **extra)
         if completed:
             reported.append(100)
         return completed
@@ -115,7 +115,7 @@ class _NoHooks:
 
 
 def test_happy_path_moves_exact_amount_and_records(
-    paying_subscription: Any, token_address: str, progress_reported: list[int]
+    paying_subscription: Any, token_address: str, progress_reported: list[int], w3: Any
 ) -> None:
     subscription = paying_subscription(amount="12.5")
     payer_before = token_balance(token_address, subscription.payer_address)
@@ -141,6 +141,13 @@ def test_happy_path_moves_exact_amount_and_records(
     assert token_balance(token_address, subscription.recipient_address) == 12_500_000
     subscription.refresh_from_db()
     assert subscription.next_payment_due_at == payment.period_end
+    # The attempts ledger: the transaction and what its gas cost, from the receipt.
+    (attempt,) = job.attempts.all()
+    assert attempt.outcome == "completed" and attempt.worker == "test-worker"
+    assert attempt.transaction_hashes == [payment.transaction_hash]
+    receipt = w3.eth.get_transaction_receipt(payment.transaction_hash)
+    assert attempt.gas_used == receipt["gasUsed"]
+    assert attempt.fee_wei == receipt["gasUsed"] * receipt["effectiveGasPrice"]
 
 
 def test_insufficient_balance_fails_at_once(

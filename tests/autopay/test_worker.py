@@ -4,6 +4,7 @@ workers sharing one relayer."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from decimal import Decimal
 from typing import Any
@@ -193,6 +194,16 @@ def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
     assert job.error_code == "rpc_unavailable"
     assert job.attempts_made == 3
     assert elapsed >= 6.0, f"backoff of 2 s then 4 s expected, took {elapsed:.1f}s"
+    # The attempts ledger shows each attempt and the backoff between them.
+    attempts = list(job.attempts.order_by("started_at"))
+    assert [a.outcome for a in attempts] == ["retry", "retry", "failed"]
+    assert all(a.error_code == "rpc_unavailable" for a in attempts)
+    waits = [
+        (later.started_at - earlier.finished_at).total_seconds()
+        for earlier, later in itertools.pairwise(attempts)
+        if earlier.finished_at is not None
+    ]
+    assert 2.0 <= waits[0] < 4.0 and 4.0 <= waits[1] < 7.0, waits
 
     restart()  # the chain comes back with its state
     settings.CHAIN_RPC_URL = node.rpc_url
@@ -204,33 +215,37 @@ def test_rpc_down_is_retried_with_backoff_then_fails_and_charges_once_later(
     assert _transfers_for(w3, token_address, str(wallet.address)) == 1
 
 
-def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
+def _broadcast_and_hold(w3: Web3, job: Job) -> Payment:
+    """With mining off, wait until the worker has broadcast the job's transaction (it then
+    waits for a receipt that cannot come while the test holds mining)."""
+    payment = wait_for(
+        lambda: Payment.objects.filter(pk=job.payment_id, status=Payment.Status.SUBMITTED).first(),
+        timeout=60,
+        interval=0.02,
+    )
+    wait_for(lambda: _pending_on_chain(w3, payment.transaction_hash), timeout=30)
+    return payment
+
+
+def test_sigkill_while_waiting_for_confirmation_charges_exactly_once_within_90s(
     start_worker: Any, user: Any, tmp_path: Any
 ) -> None:
+    """At the default lease (30 s, renewed every 5 s) and recovery (every 2 s)."""
     node = AnvilProcess(port=free_port()).start()
     try:
         w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
         token_address, wallet, subscription = _on_own_chain(w3, user, amount="4")
-        env = {
-            "CHAIN_RPC_URL": node.rpc_url,
-            "TOKEN_ADDRESS": token_address,
-            "AUTOPAY_JOB_LEASE_SECONDS": "3",
-        }
+        env = {"CHAIN_RPC_URL": node.rpc_url, "TOKEN_ADDRESS": token_address}
         first = start_worker(extra_env=env)
 
         # No block is mined until the worker is dead: it broadcasts, then waits for its receipt
         # for as long as the test needs, and nothing it does after sending can land first.
         w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
         job = payment_trigger(subscription=subscription)
-        payment = wait_for(
-            lambda: Payment.objects.filter(
-                pk=job.payment_id, status=Payment.Status.SUBMITTED
-            ).first(),
-            timeout=60,
-            interval=0.02,
-        )
-        wait_for(lambda: _pending_on_chain(w3, payment.transaction_hash), timeout=30)
+        payment = _broadcast_and_hold(w3, job)
+        start_worker(extra_env=env)  # a live worker (its dispatcher recovers leases)
         first.kill()  # after broadcasting, before recording
+        killed_at = time.monotonic()
         job.refresh_from_db()
         assert job.status == Job.Status.ACTIVE
         payment.refresh_from_db()
@@ -238,16 +253,52 @@ def test_sigkill_while_waiting_for_confirmation_charges_exactly_once(
         w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
         w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
-        start_worker(extra_env=env)
-        time.sleep(3.5)  # the dead worker's lease expires
-        summary = job_services.jobs_recover()
-        assert summary.leases_recovered == 1
-        wait_for(lambda: _job_done(job), timeout=60)
+        wait_for(lambda: _job_done(job), timeout=90)
+        recovered_in = time.monotonic() - killed_at
 
         assert job.status == Job.Status.COMPLETED, job.error
+        assert recovered_in < 90, recovered_in
+        assert [attempt.outcome for attempt in job.attempts.order_by("started_at")] == [
+            "worker_lost",
+            "completed",
+        ]
         payment.refresh_from_db()
         assert payment.status == Payment.Status.COMPLETED
         assert token_balance(token_address, wallet.address, w3=w3) == 16 * 10**6
+        assert _transfers_for(w3, token_address, str(wallet.address)) == 1
+    finally:
+        node.stop()
+
+
+def test_a_live_worker_keeps_its_job_past_the_lease_by_its_heartbeat(
+    start_worker: Any, user: Any
+) -> None:
+    node = AnvilProcess(port=free_port()).start()
+    try:
+        w3 = Web3(Web3.HTTPProvider(node.rpc_url, request_kwargs={"timeout": 10}))
+        token_address, wallet, subscription = _on_own_chain(w3, user, amount="3")
+        env = {
+            "CHAIN_RPC_URL": node.rpc_url,
+            "TOKEN_ADDRESS": token_address,
+            "AUTOPAY_JOB_LEASE_SECONDS": "3",
+            "AUTOPAY_JOB_HEARTBEAT_SECONDS": "0.5",
+        }
+        start_worker(extra_env=env)
+        w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
+        job = payment_trigger(subscription=subscription)
+        _broadcast_and_hold(w3, job)
+        start_worker(extra_env=env)  # its dispatcher would take back an expired lease
+        owner = Job.objects.get(pk=job.pk).lease_owner
+
+        time.sleep(8)  # well past the 3 s lease: the worker is waiting for its receipt
+        job.refresh_from_db()
+        assert job.status == Job.Status.ACTIVE and job.lease_owner == owner
+        w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
+        w3.provider.make_request(RPCEndpoint("evm_mine"), [])
+        wait_for(lambda: _job_done(job), timeout=60)
+
+        assert job.status == Job.Status.COMPLETED
+        assert [attempt.outcome for attempt in job.attempts.all()] == ["completed"]
         assert _transfers_for(w3, token_address, str(wallet.address)) == 1
     finally:
         node.stop()

@@ -1,0 +1,114 @@
+"""Reorg safety: a completed payment is re-verified until its transaction is
+CHAIN_FINALITY_BLOCKS deep. One whose transaction left the canonical chain while its
+authorization stayed unused goes back in flight and is settled again, once, with the same
+derived authorization nonce (re-signed with a fresh validity window); the chain still refuses
+a second charge. Operators see the event: the completed job gets a ``reorged`` row in its
+attempts ledger naming the new job (source ``reorg``), and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from autopay.chain import client as chain
+from autopay.engine import payment_intent
+from jobs import services as job_services
+from jobs.models import Job
+from subscriptions import errors
+from subscriptions import services as subscription_services
+from subscriptions.models import Payment
+
+logger = logging.getLogger(__name__)
+
+
+def payments_verify_finality(*, batch_size: int = 200) -> dict[str, int]:
+    """Check completed, not yet final payments whose transaction should be deep enough by now
+    (or whose block no longer exists); finalize, move or settle them again."""
+    summary = {"finalized": 0, "moved": 0, "reorged": 0}
+    candidates = list(
+        Payment.objects.filter(status=Payment.Status.COMPLETED, finalized_at__isnull=True)
+        .exclude(transaction_hash="")
+        .order_by("block_number", "pk")[:batch_size]
+    )
+    if not candidates:
+        return summary
+    try:
+        head = chain.block_number()
+    except errors.PaymentError:
+        return summary  # the chain does not answer: next sweep
+    finality = max(settings.CHAIN_FINALITY_BLOCKS, 1)
+    for payment in candidates:
+        block = payment.block_number
+        deep_enough = block is not None and head - block + 1 >= finality
+        vanished = block is None or block > head
+        if not (deep_enough or vanished):
+            continue
+        try:
+            outcome = _verify(payment, deep_enough=deep_enough)
+        except errors.PaymentError as error:
+            logger.warning("finality check of payment %s failed: %s", payment.pk, error.code)
+            continue
+        if outcome in summary:
+            summary[outcome] += 1
+    return summary
+
+
+def _verify(payment: Payment, *, deep_enough: bool) -> str:
+    receipt = chain.transaction_receipt(payment.transaction_hash)
+    if receipt is not None and int(receipt["status"]) == 1:
+        block = int(receipt["blockNumber"])
+        if block == payment.block_number:
+            if deep_enough and subscription_services.payment_finalize(
+                payment=payment, block_number=block
+            ):
+                return "finalized"
+            return "unchanged"
+        # Re-mined in another block after a reorg: final once that one is deep enough.
+        subscription_services.payment_move_settlement(
+            payment=payment, transaction_hash=payment.transaction_hash, block_number=block
+        )
+        return "moved"
+    intent = payment_intent(payment)
+    if chain.authorization_used(intent.token_address, intent.payer, intent.nonce):
+        # The money moved, in another transaction (the same authorization submitted again).
+        found = chain.find_authorization_transaction(
+            intent.token_address,
+            intent.payer,
+            intent.nonce,
+            from_block=max((payment.search_from_block or 0) - 10, 0),
+        )
+        if found is not None and found[0] != payment.transaction_hash:
+            subscription_services.payment_move_settlement(
+                payment=payment, transaction_hash=found[0], block_number=found[1]
+            )
+            return "moved"
+        return "unchanged"
+    return "reorged" if _settle_again(payment) else "unchanged"
+
+
+def _settle_again(payment: Payment) -> bool:
+    """The transaction is gone and the authorization unused: the payment is owed again."""
+    gone = payment.transaction_hash
+    message = (
+        f"transaction {gone} (block {payment.block_number}) left the canonical chain and the "
+        "authorization is unused: the payment is settled again"
+    )
+    with transaction.atomic():
+        if not subscription_services.payment_reopen_after_reorg(payment=payment, message=message):
+            return False
+        completed_job = (
+            payment.jobs.filter(status=Job.Status.COMPLETED).order_by("-finished_at").first()
+        )
+        payment.refresh_from_db()
+        try:
+            new_job = job_services.job_create(payment=payment, source=Job.Source.REORG)
+            note = f"{message} by job {new_job.pk}"
+        except job_services.JobAlreadyOpen:
+            note = f"{message} by the job already open"
+        if completed_job is not None:
+            job_services.job_note_reorg(job=completed_job, transaction_hash=gone, message=note)
+    logger.warning("payment %s: %s", payment.pk, note)
+    return True
