@@ -355,3 +355,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     report = os.environ.get("AUTOPAY_CHAOS_REPORT")
     if report:
         Path(report).write_text("\n".join(lines) + "\n" + json.dumps(RESULTS, indent=1) + "\n")
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "chaos: the chaos suite (tests/chaos/): a private stack whose services it kills"
+    )
