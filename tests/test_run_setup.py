@@ -50,6 +50,13 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
         operator = connection.execute(
             "SELECT is_staff, is_superuser FROM auth_user WHERE username = 'operator'"
         ).fetchone()
+        demo_user = connection.execute(
+            "SELECT id, is_staff, is_superuser FROM auth_user WHERE username = ?",
+            (first["user"],),
+        ).fetchone()
+        owners = connection.execute(
+            "SELECT DISTINCT owner_id FROM subscriptions_subscription"
+        ).fetchall()
         wallets = connection.execute("SELECT COUNT(*) FROM autopay_payerwallet").fetchone()[0]
         subscriptions = connection.execute(
             "SELECT COUNT(*) FROM subscriptions_subscription WHERE status = 'active'"
@@ -61,6 +68,8 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
             "SELECT COUNT(*) FROM django_celery_beat_periodictask WHERE task LIKE 'autopay.%'"
         ).fetchone()[0]
     assert operator == (1, 1)
+    assert demo_user is not None and demo_user[1:] == (0, 0), "the printed token is not staff's"
+    assert owners == [(demo_user[0],)], "the demo data is the demo user's"
     assert wallets == 2
     assert subscriptions == 4
     assert jobs == 4 == len(first["queued_jobs"])
@@ -69,12 +78,24 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     assert first["token"] and first["password"]
     assert not is_rpc_alive(f"http://127.0.0.1:{port}"), "the chain it started is stopped"
 
+    # The low-balance demo payment fails (as it does once a worker runs): a restart must not
+    # queue it again (dunning retries it on its schedule).
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE jobs_job SET status = 'failed', error_code = 'insufficient_balance' "
+            "WHERE subscription_id IN (SELECT id FROM subscriptions_subscription "
+            "WHERE service_name LIKE '%low balance%')"
+        )
+        connection.execute(
+            "UPDATE subscriptions_payment SET status = 'failed' WHERE subscription_id IN "
+            "(SELECT id FROM subscriptions_subscription WHERE service_name LIKE '%low balance%')"
+        )
     second = _run_setup(env)
 
     assert second["token"] == first["token"]
     assert second["password"] == first["password"], "development secrets are reused"
     assert second["wallets"] == first["wallets"]
-    assert second["queued_jobs"] == [], "in-flight demo periods are not queued twice"
+    assert second["queued_jobs"] == [], "demo periods are not queued twice, nor the failure"
     with sqlite3.connect(database) as connection:
         assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 4
         assert (
