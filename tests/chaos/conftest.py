@@ -36,8 +36,6 @@ from autopay.devtools.contracts import deploy_token
 from tests.conftest import REPO_ROOT, WorkerProcess
 from tests.infra import PostgresCluster, RedisServer, RpcProxy, postgres_bin
 
-pytestmark = pytest.mark.chaos
-
 RESULTS: list[dict[str, Any]] = []
 
 
