@@ -12,6 +12,7 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from autopay.chain import client as chain
 from autopay.engine import payment_intent
@@ -25,27 +26,32 @@ logger = logging.getLogger(__name__)
 
 
 def payments_verify_finality(*, batch_size: int = 200) -> dict[str, int]:
-    """Check completed, not yet final payments whose transaction should be deep enough by now
-    (or whose block no longer exists); finalize, move or settle them again."""
+    """Check the completed, not yet final payments whose transaction should be deep enough by
+    now, and those whose block no longer exists (beyond the head after a rollback): finalize,
+    follow or settle them again."""
     summary = {"finalized": 0, "moved": 0, "reorged": 0}
-    candidates = list(
-        Payment.objects.filter(status=Payment.Status.COMPLETED, finalized_at__isnull=True)
-        .exclude(transaction_hash="")
-        .order_by("block_number", "pk")[:batch_size]
-    )
-    if not candidates:
+    unfinal = Payment.objects.filter(
+        status=Payment.Status.COMPLETED, finalized_at__isnull=True
+    ).exclude(transaction_hash="")
+    if not unfinal.exists():
         return summary
     try:
         head = chain.block_number()
     except errors.PaymentError:
         return summary  # the chain does not answer: next sweep
     finality = max(settings.CHAIN_FINALITY_BLOCKS, 1)
+    deep_enough_below = head - finality + 1
+    candidates = list(
+        unfinal.filter(Q(block_number__gt=head) | Q(block_number__isnull=True)).order_by("pk")[
+            :batch_size
+        ]
+    ) + list(
+        unfinal.filter(block_number__lte=deep_enough_below).order_by("block_number", "pk")[
+            :batch_size
+        ]
+    )
     for payment in candidates:
-        block = payment.block_number
-        deep_enough = block is not None and head - block + 1 >= finality
-        vanished = block is None or block > head
-        if not (deep_enough or vanished):
-            continue
+        deep_enough = payment.block_number is not None and payment.block_number <= deep_enough_below
         try:
             outcome = _verify(payment, deep_enough=deep_enough)
         except errors.PaymentError as error:

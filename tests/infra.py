@@ -99,7 +99,7 @@ class RedisServer:
                 self.kill()
 
 
-def _postgres_bin(name: str) -> str:
+def postgres_bin(name: str) -> str:
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
     found = candidates[0] if candidates else shutil.which(name)
     if not found:
@@ -141,7 +141,7 @@ class PostgresCluster:
 
     def init(self) -> PostgresCluster:
         self._run(
-            _postgres_bin("initdb"),
+            postgres_bin("initdb"),
             "-D",
             str(self.data),
             "-U",
@@ -160,7 +160,7 @@ class PostgresCluster:
             "-c max_connections=200"
         )
         self._run(
-            _postgres_bin("pg_ctl"),
+            postgres_bin("pg_ctl"),
             "-D",
             str(self.data),
             "-o",
@@ -182,7 +182,7 @@ class PostgresCluster:
 
     def stop(self, mode: str = "fast") -> None:
         """``fast`` disconnects everyone and stops; ``immediate`` is a crash (no checkpoint)."""
-        pg_ctl = _postgres_bin("pg_ctl")
+        pg_ctl = postgres_bin("pg_ctl")
         self._run(pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
     def destroy(self) -> None:
@@ -205,6 +205,11 @@ class RpcProxy:
         self.upstream = upstream
         self.down = False
         self.down_after: str | None = None
+        # Requests of these methods wait until ``release`` (a worker stuck at that step).
+        self.held: set[str] = set()
+        self.waiting = 0
+        self._released = threading.Event()
+        self._released.set()
         self.port = free_port()
         proxy = self
 
@@ -219,6 +224,10 @@ class RpcProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if proxy.held and any(f'"{method}"'.encode() in body for method in proxy.held):
+                    proxy.waiting += 1
+                    proxy._released.wait()
+                    proxy.waiting -= 1
                 request = urllib.request.Request(
                     proxy.upstream, data=body, headers={"Content-Type": "application/json"}
                 )
@@ -233,7 +242,11 @@ class RpcProxy:
                 self.end_headers()
                 self.wfile.write(answer)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return None  # a client killed mid-request (a SIGKILLed worker) is expected
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -245,6 +258,15 @@ class RpcProxy:
         self._thread.start()
         return self
 
+    def hold(self, *methods: str) -> None:
+        self._released.clear()
+        self.held.update(methods)
+
+    def release(self) -> None:
+        self.held.clear()
+        self._released.set()
+
     def stop(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()

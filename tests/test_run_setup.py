@@ -59,6 +59,13 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
         operator = connection.execute(
             "SELECT is_staff, is_superuser FROM auth_user WHERE username = 'operator'"
         ).fetchone()
+        demo_user = connection.execute(
+            "SELECT id, is_staff, is_superuser FROM auth_user WHERE username = ?",
+            (first["user"],),
+        ).fetchone()
+        owners = connection.execute(
+            "SELECT DISTINCT owner_id FROM subscriptions_subscription"
+        ).fetchall()
         wallets = connection.execute("SELECT COUNT(*) FROM autopay_payerwallet").fetchone()[0]
         subscriptions = connection.execute(
             "SELECT COUNT(*) FROM subscriptions_subscription WHERE status = 'active'"
@@ -80,6 +87,8 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
             "SELECT network, COUNT(*) FROM subscriptions_subscription GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert operator == (1, 1)
+    assert demo_user is not None and demo_user[1:] == (0, 0), "the printed token is not staff's"
+    assert owners == [(demo_user[0],)], "the demo data is the demo user's"
     assert wallets == 2
     # Five custodial (one on the second chain), one pre-signed (12 periods signed by its
     # payer), one paid over x402 HTTP.
@@ -94,12 +103,24 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     assert not is_rpc_alive(f"http://127.0.0.1:{port}"), "the chain it started is stopped"
     assert not is_rpc_alive(f"http://127.0.0.1:{port2}"), "so is the second one"
 
+    # The low-balance demo payment fails (as it does once a worker runs): a restart must not
+    # queue it again (dunning retries it on its schedule).
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE jobs_job SET status = 'failed', error_code = 'insufficient_balance' "
+            "WHERE subscription_id IN (SELECT id FROM subscriptions_subscription "
+            "WHERE service_name LIKE '%low balance%')"
+        )
+        connection.execute(
+            "UPDATE subscriptions_payment SET status = 'failed' WHERE subscription_id IN "
+            "(SELECT id FROM subscriptions_subscription WHERE service_name LIKE '%low balance%')"
+        )
     second = _run_setup(env)
 
     assert second["token"] == first["token"]
     assert second["password"] == first["password"], "development secrets are reused"
     assert second["wallets"] == first["wallets"]
-    assert second["queued_jobs"] == [], "in-flight demo periods are not queued twice"
+    assert second["queued_jobs"] == [], "demo periods are not queued twice, nor the failure"
     with sqlite3.connect(database) as connection:
         assert connection.execute("SELECT COUNT(*) FROM jobs_job").fetchone()[0] == 7
         assert (

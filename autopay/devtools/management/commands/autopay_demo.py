@@ -1,7 +1,10 @@
-"""Demo data for the local system: an operator, funded payer wallets and due subscriptions.
+"""Demo data for the local system: an operator (staff, for the admin), a demo user (not staff:
+the integrator whose API token bin/run prints) with funded payer wallets and subscriptions.
 
-Idempotent: running it again reuses what the last run created, tops wallets up, and queues
-only periods that are due and not already paid or in flight.
+Idempotent: running it again reuses what the last run created and tops wallets up. Only the
+subscriptions it creates are triggered; later periods, and a payment that failed (the
+low-balance one), are left to the scan and the dunning schedule, so a restart never queues the
+demo failure again.
 """
 
 from __future__ import annotations
@@ -55,12 +58,15 @@ class Command(BaseCommand):
     help = "Create the demo operator, funded payer wallets and due subscriptions."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--username", default="operator")
-        parser.add_argument("--password", required=True)
+        parser.add_argument("--username", default="operator", help="the operator (staff)")
+        parser.add_argument("--password", required=True, help="the operator's password")
+        parser.add_argument(
+            "--user", default="demo", help="the demo user (not staff) who owns the demo data"
+        )
         parser.add_argument(
             "--token",
             default="",
-            help="the operator's API token to keep valid (bin/run's, reused each run); "
+            help="the demo user's API token to keep valid (bin/run's, reused each run); "
             "without it a new token is created",
         )
         parser.add_argument("--json", action="store_true", help="print credentials as JSON")
@@ -75,22 +81,31 @@ class Command(BaseCommand):
         operator.is_staff = operator.is_superuser = True
         operator.set_password(options["password"])
         operator.save()
+        # The integrator: sees only their own wallets, subscriptions, payments and jobs.
+        demo_user, created = user_model.objects.get_or_create(
+            username=options["user"], defaults={"email": "demo@example.test"}
+        )
+        if created:
+            demo_user.set_unusable_password()
+            demo_user.save()
+        if demo_user.is_staff or demo_user.is_superuser:
+            raise CommandError(f"--user {demo_user.username} is staff; the demo user is not")
         # Stored hashed: the token is printed here, never readable from the database.
         if options["token"]:
             try:
-                install_token(operator, options["token"])
+                install_token(demo_user, options["token"])
             except ValueError as exc:
                 raise CommandError(f"--token: {exc}") from exc
             token = options["token"]
         else:
-            token = issue_token(operator)[1]
+            token = issue_token(demo_user)[1]
 
         w3 = get_web3()
         key = minter_key(None)
         wallets: dict[str, PayerWallet] = {}
         for label, target in FUNDING.items():
-            wallet = PayerWallet.objects.filter(owner=operator, label=label).first()
-            wallet = wallet or wallet_create(owner=operator, label=label)
+            wallet = PayerWallet.objects.filter(owner=demo_user, label=label).first()
+            wallet = wallet or wallet_create(owner=demo_user, label=label)
             wallets[label] = wallet
             target_atomic = int(target.scaleb(settings.TOKEN_DECIMALS))
             balance = token_balance(settings.TOKEN_ADDRESS, wallet.address)
@@ -100,22 +115,20 @@ class Command(BaseCommand):
         queued = []
         for service, amount, unit, count, label in DEMO_SUBSCRIPTIONS:
             wallet = wallets[label]
-            subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
-            if subscription is None:
-                subscription = services.subscription_create(
-                    owner=operator,
-                    service_name=service,
-                    payer_address=wallet.address,
-                    recipient_address=DEMO_RECIPIENT,
-                    amount=Decimal(amount),
-                    token_address=settings.TOKEN_ADDRESS,
-                    network=settings.CHAIN_NETWORK,
-                    interval_unit=unit,
-                    interval_count=count,
-                    wallet=wallet,
-                )
-            if subscription.token_address != settings.TOKEN_ADDRESS:
-                continue  # made against an earlier chain; left as history
+            if Subscription.objects.filter(owner=demo_user, service_name=service).exists():
+                continue  # made by an earlier run: the scan and dunning take it from here
+            subscription = services.subscription_create(
+                owner=demo_user,
+                service_name=service,
+                payer_address=wallet.address,
+                recipient_address=DEMO_RECIPIENT,
+                amount=Decimal(amount),
+                token_address=settings.TOKEN_ADDRESS,
+                network=settings.CHAIN_NETWORK,
+                interval_unit=unit,
+                interval_count=count,
+                wallet=wallet,
+            )
             try:
                 job = payment_trigger(subscription=subscription)
                 queued.append(str(job.pk))
@@ -125,9 +138,10 @@ class Command(BaseCommand):
         queued.extend(self._paid_service(operator, wallets["demo payer (funded)"]))
         queued.extend(self._other_networks(operator, wallets["demo payer (funded)"], key))
         result = {
+            "user": demo_user.username,
+            "token": token,
             "username": operator.username,
             "password": options["password"],
-            "token": token,
             "wallets": {label: wallet.address for label, wallet in wallets.items()},
             "queued_jobs": queued,
         }
