@@ -134,9 +134,10 @@ class Command(BaseCommand):
                 queued.append(str(job.pk))
             except (services.PaymentConflict, services.SubscriptionStateError):
                 pass
-        queued.extend(self._presigned(operator, w3, key))
-        queued.extend(self._paid_service(operator, wallets["demo payer (funded)"]))
-        queued.extend(self._other_networks(operator, wallets["demo payer (funded)"], key))
+        # Owned by the demo user too (a subscription only ever pays from its owner's wallet).
+        queued.extend(self._presigned(demo_user, w3, key))
+        queued.extend(self._paid_service(demo_user, wallets["demo payer (funded)"]))
+        queued.extend(self._other_networks(demo_user, wallets["demo payer (funded)"], key))
         result = {
             "user": demo_user.username,
             "token": token,
@@ -151,15 +152,17 @@ class Command(BaseCommand):
             for field, value in result.items():
                 self.stdout.write(f"{field}: {value}")
 
-    def _trigger(self, subscription: Subscription, token: str = "") -> list[str]:
-        if subscription.token_address != (token or settings.TOKEN_ADDRESS):
-            return []  # made against an earlier chain; left as history
+    def _trigger(self, subscription: Subscription, token: str = "", *, new: bool) -> list[str]:
+        # Only a subscription made by this run is triggered: later periods, and a failure,
+        # are the scan's and the dunning schedule's (a restart queues nothing again).
+        if not new or subscription.token_address != (token or settings.TOKEN_ADDRESS):
+            return []
         try:
             return [str(payment_trigger(subscription=subscription).pk)]
         except (services.PaymentConflict, services.SubscriptionStateError):
             return []
 
-    def _presigned(self, operator: Any, w3: Any, key: str) -> list[str]:
+    def _presigned(self, owner: Any, w3: Any, key: str) -> list[str]:
         """A pre-signed subscription whose payer signs the next periods (as a browser wallet
         would, from GET .../authorizations/unsigned) and uploads the signatures."""
         payer = Account.from_key(SELF_CUSTODY_PAYER_KEY)
@@ -168,10 +171,11 @@ class Command(BaseCommand):
         if balance < target:
             mint(w3, settings.TOKEN_ADDRESS, key, payer.address, target - balance)
         service, amount, unit, count = PRESIGNED_SERVICE
-        subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+        subscription = Subscription.objects.filter(owner=owner, service_name=service).first()
+        new = subscription is None
         if subscription is None:
             subscription = services.subscription_create(
-                owner=operator,
+                owner=owner,
                 service_name=service,
                 mode=Subscription.Mode.PRESIGNED,
                 payer_address=payer.address,
@@ -204,19 +208,20 @@ class Command(BaseCommand):
                         domain=data["domain"],
                     )
                 )
-            authorization_upload(subscription=subscription, user=operator, items=uploads)
-        return self._trigger(subscription)
+            authorization_upload(subscription=subscription, user=owner, items=uploads)
+        return self._trigger(subscription, new=new)
 
-    def _paid_service(self, operator: Any, wallet: PayerWallet) -> list[str]:
+    def _paid_service(self, owner: Any, wallet: PayerWallet) -> list[str]:
         """A subscription paid through the demo paid service's x402 endpoint."""
         base = settings.AUTOPAY_DEMO_PAID_SERVICE_URL
         if not base:
             return []
         service, amount, unit, count, path = PAID_SERVICE
-        subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+        subscription = Subscription.objects.filter(owner=owner, service_name=service).first()
+        new = subscription is None
         if subscription is None:
             subscription = services.subscription_create(
-                owner=operator,
+                owner=owner,
                 service_name=service,
                 payer_address=wallet.address,
                 recipient_address=DEMO_RECIPIENT,
@@ -228,9 +233,9 @@ class Command(BaseCommand):
                 wallet=wallet,
                 resource_url=base.rstrip("/") + path,
             )
-        return self._trigger(subscription)
+        return self._trigger(subscription, new=new)
 
-    def _other_networks(self, operator: Any, wallet: PayerWallet, key: str) -> list[str]:
+    def _other_networks(self, owner: Any, wallet: PayerWallet, key: str) -> list[str]:
         """A subscription on each further network (AUTOPAY_NETWORKS), paid from the same
         wallet funded on that chain: one deployment, several chains."""
         queued: list[str] = []
@@ -243,10 +248,11 @@ class Command(BaseCommand):
                 if balance < target:
                     mint(get_web3(), network.token_address, key, wallet.address, target - balance)
             service = f"Demo Cloud Storage ({network.network})"
-            subscription = Subscription.objects.filter(owner=operator, service_name=service).first()
+            subscription = Subscription.objects.filter(owner=owner, service_name=service).first()
+            new = subscription is None
             if subscription is None:
                 subscription = services.subscription_create(
-                    owner=operator,
+                    owner=owner,
                     service_name=service,
                     payer_address=wallet.address,
                     recipient_address=DEMO_RECIPIENT,
@@ -257,5 +263,5 @@ class Command(BaseCommand):
                     interval_count=1,
                     wallet=wallet,
                 )
-            queued.extend(self._trigger(subscription, network.token_address))
+            queued.extend(self._trigger(subscription, network.token_address, new=new))
         return queued
