@@ -11,6 +11,7 @@ from django.conf import settings
 from eth_account import Account
 from eth_utils import is_address
 
+from autopay.chain.relayer import relayer_keys
 from jobs.models import Job
 from subscriptions.custody import KeyCustodyError, custody_problem, decrypt_private_key
 from subscriptions.errors import ConfigurationError
@@ -37,13 +38,16 @@ def configuration_problems() -> list[str]:
                     "AUTOPAY_KEY_ENCRYPTION_KEYS (a key was changed without rotation)"
                 )
     if not settings.X402_FACILITATOR_URL:
-        if not settings.RELAYER_PRIVATE_KEY:
+        keys = relayer_keys()
+        name = "RELAYER_PRIVATE_KEYS" if settings.RELAYER_PRIVATE_KEYS else "RELAYER_PRIVATE_KEY"
+        if not keys:
             problems.append("relayer: RELAYER_PRIVATE_KEY is not set (nobody can pay the gas)")
-        else:
+        for position, key in enumerate(keys, start=1):
             try:
-                Account.from_key(settings.RELAYER_PRIVATE_KEY)
+                Account.from_key(key)
             except (ValueError, TypeError):
-                problems.append("relayer: RELAYER_PRIVATE_KEY is not a valid private key")
+                which = f" (key {position})" if len(keys) > 1 else ""
+                problems.append(f"relayer: {name}{which} is not a valid private key")
     tokens = network_tokens()
     if not tokens:
         problems.append("token: no token is configured (TOKEN_ADDRESS or AUTOPAY_NETWORK_TOKENS)")

@@ -307,6 +307,12 @@ AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
 # Periods owed because the engine was down are charged oldest first, at most this many per
 # subscription; older ones are waived (recorded, never charged).
 AUTOPAY_MAX_MISSED_PERIODS = env.int("AUTOPAY_MAX_MISSED_PERIODS", default=3)
+# Scheduled work (the scan's and dunning's jobs) is published in batches of up to this many
+# job ids and settled in one aggregate3 transaction per batch; 1 turns batching off (one
+# message and one transaction per job). Manual triggers and retries are always single.
+AUTOPAY_SETTLEMENT_BATCH_SIZE = max(env.int("AUTOPAY_SETTLEMENT_BATCH_SIZE", default=200), 1)
+# How often a batch's confirmation is looked for while its transaction is not yet mined (s).
+AUTOPAY_BATCH_CONFIRM_POLL_SECONDS = env.float("AUTOPAY_BATCH_CONFIRM_POLL_SECONDS", default=0.25)
 
 # --- Chain ----------------------------------------------------------------------------------
 CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="http://127.0.0.1:8545")
@@ -317,6 +323,12 @@ CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
 CHAIN_CONFIRMATION_TIMEOUT_SECONDS = env.float("CHAIN_CONFIRMATION_TIMEOUT_SECONDS", default=60.0)
 CHAIN_RECEIPT_POLL_SECONDS = env.float("CHAIN_RECEIPT_POLL_SECONDS", default=0.05)
 TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")
+# The aggregate3 (Multicall3) contract batches are settled through: the canonical Multicall3,
+# deployed at this address on most networks; on a local chain the project's own (bin/run
+# deploys it).
+CHAIN_MULTICALL_ADDRESS = env.str(
+    "CHAIN_MULTICALL_ADDRESS", default="0xcA11bde05977b3631167028862bE2a173976CA11"
+)
 TOKEN_DECIMALS = env.int("TOKEN_DECIMALS", default=6)
 TOKEN_EIP712_NAME = env.str("TOKEN_EIP712_NAME", default="USD Coin")
 TOKEN_EIP712_VERSION = env.str("TOKEN_EIP712_VERSION", default="2")
@@ -333,6 +345,12 @@ AUTOPAY_NETWORK_TOKENS: dict[str, str] = {
 TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
 RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
+# A pool of gas-paying wallets (comma-separated keys), each with its own nonce lock and
+# counter, so that batches go out in parallel; when set it replaces RELAYER_PRIVATE_KEY.
+RELAYER_PRIVATE_KEYS = [key.strip() for key in env.list("RELAYER_PRIVATE_KEYS", default=[])]
+RELAYER_PRIVATE_KEYS = [key for key in RELAYER_PRIVATE_KEYS if key]
+# /health answers 503 when a relayer holds less ETH than this (it could not pay for gas).
+RELAYER_MIN_BALANCE_ETH = Decimal(env.str("RELAYER_MIN_BALANCE_ETH", default="0.01"))
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
 # Longest wait for (and hold of) the relayer's nonce lock shared by every worker.
 RELAYER_LOCK_TIMEOUT_SECONDS = env.float("RELAYER_LOCK_TIMEOUT_SECONDS", default=10.0)

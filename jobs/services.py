@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from config.errors import StateConflict
 from jobs.models import Job
-from jobs.queue import broker_queue_length, publish_jobs, publish_jobs_on_commit
+from jobs.queue import broker_queued_jobs, publish_jobs, publish_jobs_on_commit
 from subscriptions import errors
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import (
@@ -362,9 +362,10 @@ def _lost_messages(*, now: datetime, batch_size: int) -> list[str]:
     """Waiting or delayed jobs whose message was lost (older than the stale threshold)."""
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
     stale_waiting = Q(status=Job.Status.WAITING, enqueued_at__lt=stale_before)
-    # A long backlog is not a lost message: when the broker holds at least as many messages
-    # as there are waiting jobs, old waiting jobs are only queued behind others.
-    queued = broker_queue_length()
+    # A long backlog is not a lost message: when the broker holds at least as many jobs
+    # (a batch message carries many) as there are waiting jobs, old waiting jobs are only
+    # queued behind others.
+    queued = broker_queued_jobs()
     if queued is not None and queued >= Job.objects.filter(status=Job.Status.WAITING).count():
         stale_waiting = Q(pk__in=[])
     stale = list(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Least
 from django.utils import timezone
 from eth_account import Account
 
@@ -376,6 +379,77 @@ def payment_record_success(
             )
         _refresh_next_payment_due(subscription)
     return locked
+
+
+def payments_record_success(
+    *, payment_ids: Sequence[int], transaction_hash: str, block_number: int | None
+) -> list[int]:
+    """``payment_record_success`` for many payments settled by one transaction, in a few
+    statements whatever their number: the payments completed, their subscriptions' cursors
+    and next due times moved on, past-due subscriptions with nothing failed left active again.
+    Returns the ids this call completed (a payment already completed is left as it was)."""
+    ids = sorted(set(payment_ids))
+    if not ids:
+        return []
+    now = timezone.now()
+    no_key = connection.features.has_select_for_no_key_update
+    with transaction.atomic():
+        periods_paid = list(
+            Payment.objects.filter(pk__in=ids).values_list("subscription_id", "period_index")
+        )
+        subscription_ids = sorted({subscription_id for subscription_id, _ in periods_paid})
+        # Subscriptions, then payments, each in id order: the order a manual trigger takes
+        # them in (payment_take_due), so that the two never wait for each other in a circle.
+        cursors = dict(
+            Subscription.objects.select_for_update(no_key=no_key)
+            .filter(pk__in=subscription_ids)
+            .order_by("pk")
+            .values_list("pk", "next_period_index")
+        )
+        completed = list(
+            Payment.objects.select_for_update()
+            .filter(pk__in=ids)
+            .exclude(status=Payment.Status.COMPLETED)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        Payment.objects.filter(pk__in=completed).update(
+            status=Payment.Status.COMPLETED,
+            transaction_hash=transaction_hash,
+            block_number=block_number,
+            error_code="",
+            error_message="",
+            completed_at=now,
+            updated_at=now,
+        )
+        last_paid: dict[int, int] = {}
+        for subscription_id, index in periods_paid:
+            last_paid[subscription_id] = max(index, last_paid.get(subscription_id, index))
+        # The scan and triggers move a cursor past each payment they create, so this is rare.
+        for subscription in Subscription.objects.filter(
+            pk__in=[pk for pk, index in last_paid.items() if cursors.get(pk, index + 1) <= index]
+        ):
+            _advance_cursor(subscription, past_index=last_paid[subscription.pk])
+        failed = Payment.objects.filter(subscription=OuterRef("pk"), status=Payment.Status.FAILED)
+        Subscription.objects.filter(
+            pk__in=subscription_ids, status=Subscription.Status.PAST_DUE
+        ).exclude(Exists(failed)).update(
+            status=Subscription.Status.ACTIVE,
+            dunning_attempts=0,
+            dunning_next_retry_at=None,
+            updated_at=now,
+        )
+        earliest_open = (
+            Payment.objects.filter(subscription=OuterRef("pk"))
+            .exclude(status__in=SETTLED_STATUSES)
+            .order_by("period_start")
+            .values("period_start")[:1]
+        )
+        cursor_due = F("next_period_due_at")
+        Subscription.objects.filter(pk__in=subscription_ids).update(
+            next_payment_due_at=Coalesce(Least(Subquery(earliest_open), cursor_due), cursor_due)
+        )
+    return completed
 
 
 def payment_record_failure(*, payment: Payment, code: str, message: str) -> Payment:

@@ -12,7 +12,9 @@ right after the send can be reconciled.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -271,18 +273,25 @@ class Relayer:
         self._fee_cache = (now, max_fee, priority)
         return max_fee, priority
 
-    def send_call(self, *, to: str, data: str, attempts: int = 4) -> str:
-        """Simulate, price, sign and broadcast a call; return its transaction hash."""
-        request = {"from": self.address, "to": to, "data": data}
-        try:
-            gas = int(self._rpc(self._w3.eth.estimate_gas, request))
-        except ContractLogicError as exc:
-            # Simulation failed: nothing is broadcast.
-            raise RevertedCall(_revert_text(exc)) from exc
-        except Web3RPCError as exc:
-            raise RelayerError(f"gas estimate refused by the node: {exc}") from exc
+    def send_call(
+        self, *, to: str, data: str, attempts: int = 4, gas_limit: int | None = None
+    ) -> str:
+        """Simulate, price, sign and broadcast a call; return its transaction hash.
+
+        With ``gas_limit`` the caller has simulated the call itself (a batch, whose eth_call
+        already gave each item's outcome) and no gas estimate is made.
+        """
+        if gas_limit is None:
+            request = {"from": self.address, "to": to, "data": data}
+            try:
+                gas = int(self._rpc(self._w3.eth.estimate_gas, request))
+            except ContractLogicError as exc:
+                # Simulation failed: nothing is broadcast.
+                raise RevertedCall(_revert_text(exc)) from exc
+            except Web3RPCError as exc:
+                raise RelayerError(f"gas estimate refused by the node: {exc}") from exc
+            gas_limit = gas + gas // 5 + 5_000
         max_fee, priority = self._fees()
-        gas_limit = gas + gas // 5 + 5_000
         for attempt in range(attempts):
             try:
                 return self._sign_and_send(
@@ -405,17 +414,36 @@ class Relayer:
             time.sleep(self._poll_interval)
 
 
-_relayers: dict[tuple[str, str], Relayer] = {}
+_relayers: dict[tuple[str, str, str], Relayer] = {}
 _relayers_lock = threading.Lock()
+_turn = itertools.count(random.randrange(1024))
+
+
+def relayer_keys() -> list[str]:
+    """The relayer pool's keys: RELAYER_PRIVATE_KEYS, else the one RELAYER_PRIVATE_KEY."""
+    if settings.RELAYER_PRIVATE_KEYS:
+        return list(dict.fromkeys(settings.RELAYER_PRIVATE_KEYS))
+    return [settings.RELAYER_PRIVATE_KEY] if settings.RELAYER_PRIVATE_KEY else []
+
+
+def relayer_addresses() -> list[str]:
+    """The pool's addresses (from the keys; nothing is asked of the chain)."""
+    return [str(Account.from_key(key).address) for key in relayer_keys()]
 
 
 def get_relayer() -> Relayer:
-    """The process's relayer for the configured chain (RELAYER_PRIVATE_KEY)."""
-    if not settings.RELAYER_PRIVATE_KEY:
+    """A relayer of the pool for the configured chain, each call the next one in turn, so that
+    a process's settlements spread over every key (each key has its own nonce lock)."""
+    keys = relayer_keys()
+    if not keys:
         raise ImproperlyConfigured(
             "RELAYER_PRIVATE_KEY is not set; the facilitator cannot pay gas."
         )
-    cache_key = (settings.CHAIN_RPC_URL, threading.current_thread().name)
+    return _relayer_for(keys[next(_turn) % len(keys)])
+
+
+def _relayer_for(private_key: str) -> Relayer:
+    cache_key = (settings.CHAIN_RPC_URL, threading.current_thread().name, private_key)
     with _relayers_lock:
         relayer = _relayers.get(cache_key)
         if relayer is None:
@@ -425,7 +453,7 @@ def get_relayer() -> Relayer:
                 else None
             )
             relayer = Relayer(
-                private_key=settings.RELAYER_PRIVATE_KEY,
+                private_key=private_key,
                 w3=get_web3(),
                 redis_client=get_redis(),
                 chain_id=settings.CHAIN_ID,
