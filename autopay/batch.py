@@ -31,14 +31,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.db.models import Case, CharField, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -59,6 +61,32 @@ from subscriptions.services import payments_record_success
 from subscriptions.validators import network_tokens
 
 logger = logging.getLogger(__name__)
+
+
+# What a batch reads of its payments and their subscriptions (every other column is left in
+# the database: a batch reads hundreds of rows).
+_PAYMENT_FIELDS = (
+    "id",
+    "subscription_id",
+    "period_start",
+    "amount",
+    "payer_address",
+    "wallet_id",
+    "recipient_address",
+    "token_address",
+    "token_decimals",
+    "network",
+    "status",
+    "authorization_nonce",
+    "transaction_hash",
+    "search_from_block",
+    "block_number",
+)
+_SUBSCRIPTION_FIELDS = (
+    "subscription__owner_id",
+    "subscription__status",
+    "subscription__auto_pay_enabled",
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,17 @@ class BatchReport:
     retries: dict[float, list[str]] = field(default_factory=dict)
     # Set by a confirmation still waiting for its transaction: look again after this long.
     retry_in: float | None = None
+    # Seconds spent in each step (claim, validate, sign, simulate, send, receipt, record).
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timing(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[step] = round(self.seconds.get(step, 0.0) + elapsed, 4)
 
     def add(self, job_id: str, outcome: engine.Outcome) -> None:
         if outcome.status == "completed":
@@ -131,14 +170,19 @@ def settle_jobs(
     if rail is None:
         # Payments go through a remote facilitator or no rail at all: no batch transaction.
         return _one_by_one(job_ids, worker_id)
-    claimed = jobs_claim(job_ids=job_ids, worker_id=worker_id)
-    report = BatchReport(claimed=len(claimed))
+    report = BatchReport()
+    with report.timing("claim"):
+        claimed = jobs_claim(job_ids=job_ids, worker_id=worker_id)
+    report.claimed = len(claimed)
     if not claimed:
         logger.info("batch of %d job(s): none claimable (duplicate or early)", len(job_ids))
         return report
-    payments = Payment.objects.select_related("subscription").in_bulk(
-        [job.payment_id for job in claimed]
-    )
+    with report.timing("claim"):
+        payments = (
+            Payment.objects.select_related("subscription")
+            .only(*_PAYMENT_FIELDS, *_SUBSCRIPTION_FIELDS)
+            .in_bulk([job.payment_id for job in claimed])
+        )
     items = [
         _Item(
             job=Job(
@@ -168,9 +212,17 @@ def confirm_jobs(
     close_old_connections()
     report = BatchReport()
     jobs = list(
-        Job.objects.select_related("payment").filter(
-            pk__in=list(job_ids), status=Job.Status.ACTIVE, lease_owner=lease_owner
+        Job.objects.select_related("payment")
+        .only(
+            "id",
+            "payment_id",
+            "status",
+            "lease_owner",
+            "attempts_made",
+            "max_attempts",
+            *(f"payment__{name}" for name in _PAYMENT_FIELDS),
         )
+        .filter(pk__in=list(job_ids), status=Job.Status.ACTIVE, lease_owner=lease_owner)
     )
     if not jobs:
         return report  # recorded already, or taken back by recovery (which reconciles)
@@ -179,7 +231,8 @@ def confirm_jobs(
     intents = [engine.payment_intent(job.payment) for job in jobs]
     outcomes: Sequence[Settlement | errors.PaymentError] | None
     try:
-        outcomes = rail.outcomes(transaction_hash, intents) if rail else None
+        with report.timing("receipt"):
+            outcomes = rail.outcomes(transaction_hash, intents) if rail else None
     except errors.PaymentError as error:
         if time.time() < deadline:
             report.retry_in = settings.AUTOPAY_BATCH_CONFIRM_POLL_SECONDS
@@ -201,7 +254,8 @@ def confirm_jobs(
         if isinstance(outcome, Settlement)
     ]
     if settled:
-        _record_settled(settled, transaction_hash, lease_owner, report)
+        with report.timing("record"):
+            _record_settled(settled, transaction_hash, lease_owner, report)
     for job, outcome in zip(jobs, outcomes, strict=True):
         if isinstance(outcome, errors.PaymentError):
             _end(report, str(job.pk), partial(_transient, job, job.payment, lease_owner, outcome))
@@ -255,11 +309,14 @@ class _BatchSettlement:
 
     def run(self, items: list[_Item]) -> None:
         try:
-            items = self._validate(items)
-            items = self._reconcile_earlier_broadcasts(items)
+            with self.report.timing("validate"):
+                items = self._validate(items)
+                items = self._reconcile_earlier_broadcasts(items)
+                if items:
+                    self.rail.check_contracts([item.payment.token_address for item in items])
             if items:
-                self.rail.check_contracts([item.payment.token_address for item in items])
-                items = self._sign(items)
+                with self.report.timing("sign"):
+                    items = self._sign(items)
             if items:
                 per_transaction = self.rail.max_items_per_transaction(_block_gas_limit())
                 for chunk in chunks(items, per_transaction):
@@ -344,6 +401,7 @@ class _BatchSettlement:
             job_ids=[item.job_id for item in chargeable],
             worker_id=self.worker_id,
             progress=Progress.VALIDATED,
+            extend_lease=False,  # claimed a moment ago
         )
         return self._keep_held(chargeable, held)
 
@@ -406,6 +464,7 @@ class _BatchSettlement:
             job_ids=[item.job_id for item in signed],
             worker_id=self.worker_id,
             progress=Progress.SIGNED,
+            extend_lease=False,  # claimed a moment ago
         )
         return self._keep_held(signed, held)
 
@@ -416,21 +475,34 @@ class _BatchSettlement:
         window and where a search for the settlement may start; only while this worker holds
         each job."""
         now = timezone.now()
-        updated = (
-            self._payments_held(items)
-            .exclude(status=Payment.Status.COMPLETED)
-            .update(
-                status=Payment.Status.PROCESSING,
-                authorization_nonce=Case(
-                    *[When(pk=item.payment.pk, then=Value(item.intent.nonce)) for item in items],
-                    output_field=CharField(),
-                ),
+        if connection.vendor == "postgresql":
+            updated = _prepared_postgresql(
+                {item.payment.pk: item.intent.nonce for item in items},
+                worker_id=self.worker_id,
                 valid_after=valid_after,
                 valid_before=valid_before,
-                search_from_block=Coalesce(F("search_from_block"), Value(search_from_block)),
-                updated_at=now,
+                search_from_block=search_from_block,
+                now=now,
             )
-        )
+        else:
+            updated = (
+                self._payments_held(items)
+                .exclude(status=Payment.Status.COMPLETED)
+                .update(
+                    status=Payment.Status.PROCESSING,
+                    authorization_nonce=Case(
+                        *[
+                            When(pk=item.payment.pk, then=Value(item.intent.nonce))
+                            for item in items
+                        ],
+                        output_field=CharField(),
+                    ),
+                    valid_after=valid_after,
+                    valid_before=valid_before,
+                    search_from_block=Coalesce(F("search_from_block"), Value(search_from_block)),
+                    updated_at=now,
+                )
+            )
         if updated == len(items):
             return items
         held = jobs_held(job_ids=[item.job_id for item in items], worker_id=self.worker_id)
@@ -448,11 +520,12 @@ class _BatchSettlement:
         relayer = get_relayer()
         signed = [item.signed for item in items if item.signed is not None]
         try:
-            outcomes = self.rail.simulate(
-                signed,
-                sender=relayer.address,
-                gas_limit=self.rail.gas_limit_for(signed),
-            )
+            with self.report.timing("simulate"):
+                outcomes = self.rail.simulate(
+                    signed,
+                    sender=relayer.address,
+                    gas_limit=self.rail.gas_limit_for(signed),
+                )
         except errors.PaymentError as error:
             self._end_all(items, error)
             return
@@ -469,13 +542,14 @@ class _BatchSettlement:
             return
         payloads = [item.signed for item in to_send if item.signed is not None]
         try:
-            tx_hash = self.rail.send(
-                payloads,
-                relayer=relayer,
-                gas_limit=self.rail.gas_limit_for(payloads),
-                on_signed=lambda tx_hash: self._submitted(to_send, tx_hash),
-                on_unsent=lambda tx_hash: self._unsent(to_send, tx_hash),
-            )
+            with self.report.timing("send"):
+                tx_hash = self.rail.send(
+                    payloads,
+                    relayer=relayer,
+                    gas_limit=self.rail.gas_limit_for(payloads),
+                    on_signed=lambda tx_hash: self._submitted(to_send, tx_hash),
+                    on_unsent=lambda tx_hash: self._unsent(to_send, tx_hash),
+                )
         except job_services.LeaseLost:
             held = jobs_held(job_ids=[item.job_id for item in to_send], worker_id=self.worker_id)
             kept = self._keep_held(to_send, held)
@@ -507,32 +581,121 @@ class _BatchSettlement:
 
     def _submitted(self, items: list[_Item], tx_hash: str) -> None:
         """Before the broadcast: 50 % and the hash on every payment, or nothing is sent."""
-        held = jobs_progress(
-            job_ids=[item.job_id for item in items],
-            worker_id=self.worker_id,
-            progress=Progress.SUBMITTED,
-        )
-        if len(held) != len(items):
-            raise job_services.LeaseLost("a job of the batch was taken back")
+        job_ids = [item.job_id for item in items]
         now = timezone.now()
-        updated = (
-            self._payments_held(items)
-            .exclude(status=Payment.Status.COMPLETED)
-            .update(
-                status=Payment.Status.SUBMITTED,
-                transaction_hash=tx_hash,
-                submitted_at=now,
-                updated_at=now,
+        if connection.vendor == "postgresql":
+            held, updated = _submitted_postgresql(
+                job_ids, worker_id=self.worker_id, tx_hash=tx_hash, now=now
             )
-        )
-        if updated != len(items):
+        else:
+            held = len(
+                jobs_progress(
+                    job_ids=job_ids, worker_id=self.worker_id, progress=Progress.SUBMITTED
+                )
+            )
+            updated = (
+                self._payments_held(items)
+                .exclude(status=Payment.Status.COMPLETED)
+                .update(
+                    status=Payment.Status.SUBMITTED,
+                    transaction_hash=tx_hash,
+                    submitted_at=now,
+                    updated_at=now,
+                )
+                if held == len(items)
+                else 0
+            )
+        if held != len(items) or updated != len(items):
             self._unsent(items, tx_hash)
-            raise job_services.LeaseLost("a payment of the batch moved on")
+            raise job_services.LeaseLost("a job of the batch was taken back")
 
     def _unsent(self, items: list[_Item], tx_hash: str) -> None:
         Payment.objects.filter(
             pk__in=[item.payment.pk for item in items], transaction_hash=tx_hash
         ).update(status=Payment.Status.PROCESSING, transaction_hash="", updated_at=timezone.now())
+
+
+_PREPARED_POSTGRESQL = """
+UPDATE {payment} AS payment SET status = %s, authorization_nonce = wanted.nonce,
+    valid_after = %s, valid_before = %s,
+    search_from_block = COALESCE(payment.search_from_block, %s), updated_at = %s
+FROM unnest(%s::bigint[], %s::text[]) AS wanted(id, nonce), {job} AS job
+WHERE payment.id = wanted.id AND payment.status <> %s
+  AND job.payment_id = payment.id AND job.status = %s AND job.lease_owner = %s
+"""
+
+
+def _prepared_postgresql(
+    nonces: dict[int, str],
+    *,
+    worker_id: str,
+    valid_after: int,
+    valid_before: int,
+    search_from_block: int,
+    now: Any,
+) -> int:
+    """The batch's ``prepared`` write in one statement, each payment with its own nonce."""
+    sql = _PREPARED_POSTGRESQL.format(payment=Payment._meta.db_table, job=Job._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                Payment.Status.PROCESSING,
+                valid_after,
+                valid_before,
+                search_from_block,
+                now,
+                list(nonces),
+                list(nonces.values()),
+                Payment.Status.COMPLETED,
+                Job.Status.ACTIVE,
+                worker_id,
+            ],
+        )
+        return int(cursor.rowcount)
+
+
+_SUBMITTED_POSTGRESQL = """
+WITH held AS (
+    UPDATE {job} SET progress = %s, lease_expires_at = %s, updated_at = %s
+    WHERE id = ANY(%s::uuid[]) AND status = %s AND lease_owner = %s
+    RETURNING payment_id
+), submitted AS (
+    UPDATE {payment} AS payment
+    SET status = %s, transaction_hash = %s, submitted_at = %s, updated_at = %s
+    FROM held WHERE payment.id = held.payment_id AND payment.status <> %s
+    RETURNING payment.id
+)
+SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM submitted)
+"""
+
+
+def _submitted_postgresql(
+    job_ids: list[str], *, worker_id: str, tx_hash: str, now: Any
+) -> tuple[int, int]:
+    """50 % on the jobs this worker holds and the hash on their payments, in one statement;
+    returns how many jobs were held and how many payments took the hash."""
+    sql = _SUBMITTED_POSTGRESQL.format(job=Job._meta.db_table, payment=Payment._meta.db_table)
+    lease = now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                int(Progress.SUBMITTED),
+                lease,
+                now,
+                [uuid.UUID(job_id) for job_id in job_ids],
+                Job.Status.ACTIVE,
+                worker_id,
+                Payment.Status.SUBMITTED,
+                tx_hash,
+                now,
+                now,
+                Payment.Status.COMPLETED,
+            ],
+        )
+        held, submitted = cursor.fetchone()
+    return int(held), int(submitted)
 
 
 def _ending(

@@ -159,20 +159,27 @@ def jobs_held(*, job_ids: Sequence[Any], worker_id: str) -> set[str]:
     }
 
 
-def jobs_progress(*, job_ids: Sequence[Any], worker_id: str, progress: int) -> set[str]:
-    """``job_progress`` for many jobs in one statement: record progress and extend the lease
-    of those this worker still holds; returns their ids (the others were taken back)."""
+def jobs_progress(
+    *, job_ids: Sequence[Any], worker_id: str, progress: int, extend_lease: bool = True
+) -> set[str]:
+    """``job_progress`` for many jobs in one statement: record progress (and extend the lease)
+    of those this worker still holds; returns their ids (the others were taken back).
+
+    ``extend_lease=False`` for a step right after the claim, whose lease is still fresh: the
+    row then changes no indexed column, and PostgreSQL can update it in place (HOT).
+    """
     ids = list(dict.fromkeys(str(job_id) for job_id in job_ids))
     if not ids:
         return set()
     now = timezone.now()
+    lease = (
+        {"lease_expires_at": now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)}
+        if extend_lease
+        else {}
+    )
     updated = Job.objects.filter(
         pk__in=ids, status=Job.Status.ACTIVE, lease_owner=worker_id
-    ).update(
-        progress=progress,
-        lease_expires_at=now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS),
-        updated_at=now,
-    )
+    ).update(progress=progress, updated_at=now, **lease)
     if updated == len(ids):
         return set(ids)
     return jobs_held(job_ids=ids, worker_id=worker_id)

@@ -4,6 +4,7 @@ and pure functions: used by the rails, the signers and the engine alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import coincurve
@@ -19,6 +20,13 @@ TRANSFER_WITH_AUTHORIZATION_TYPES = {
         {"name": "nonce", "type": "bytes32"},
     ]
 }
+
+
+@lru_cache(maxsize=65_536)
+def checksum_address(address: str) -> str:
+    """``to_checksum_address``, remembered: a batch names the same token, payers and
+    recipients hundreds of times, and each checksum is a keccak."""
+    return str(to_checksum_address(address))
 
 
 TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak(
@@ -70,8 +78,8 @@ def derive_authorization_nonce(
         [
             b"autopay.eip3009.v1",
             str(chain_id).encode(),
-            to_checksum_address(token_address).encode(),
-            to_checksum_address(payer).encode(),
+            checksum_address(token_address).encode(),
+            checksum_address(payer).encode(),
             str(subscription_id).encode(),
             str(period_start).encode(),
         ]
@@ -107,7 +115,7 @@ def sign_digest(private_key: bytes, digest: bytes) -> bytes:
 
 
 def recover_signer(digest: bytes, signature: bytes) -> str | None:
-    """The address that signed ``digest`` (checksummed), or None for a malformed signature."""
+    """The address that signed ``digest`` (lower-case hex), or None for a malformed one."""
     if len(signature) != 65 or signature[64] not in (27, 28):
         return None
     try:
@@ -116,4 +124,4 @@ def recover_signer(digest: bytes, signature: bytes) -> str | None:
         )
     except Exception:
         return None
-    return to_checksum_address(keccak(public_key.format(compressed=False)[1:])[-20:])
+    return "0x" + keccak(public_key.format(compressed=False)[1:])[-20:].hex()

@@ -40,10 +40,11 @@ from autopay.chain.relayer import Relayer, RevertedCall, SettlementContext, sett
 from autopay.rails.authorization import (
     TransferAuthorization,
     authorization_digest,
+    checksum_address,
     recover_signer,
 )
 from autopay.rails.base import PaymentIntent, Settlement
-from autopay.rails.x402_exact import X402ExactRail
+from autopay.rails.x402_exact import VALID_AFTER_SKEW_SECONDS, X402ExactRail
 from subscriptions import errors
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,20 @@ class X402BatchRail:
         return self._single.reconcile(intent)
 
     def authorization(self, intent: PaymentIntent, *, now: int) -> TransferAuthorization:
-        return self._single.authorization(intent, now=now)
+        """The single path's authorization (X402ExactRail.authorization), with checksums
+        remembered across the batch."""
+        return TransferAuthorization(
+            token_address=checksum_address(intent.token_address),
+            chain_id=self._chain_id,
+            token_name=self._token_name,
+            token_version=self._token_version,
+            payer=checksum_address(intent.payer),
+            recipient=checksum_address(intent.recipient),
+            value=intent.amount_atomic,
+            valid_after=now - VALID_AFTER_SKEW_SECONDS,
+            valid_before=now + self._validity_seconds,
+            nonce=intent.nonce,
+        )
 
     def digest(self, authorization: TransferAuthorization) -> bytes:
         """The EIP-712 digest to sign, from the token's domain separator computed once."""

@@ -8,10 +8,12 @@ with real workers in test_batch_worker.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from web3 import Web3
 from web3.types import RPCEndpoint
@@ -20,7 +22,6 @@ from autopay import batch
 from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
 from autopay.chain.client import token_balance
 from autopay.scan import scan_due
-from jobs import bulk
 from jobs.models import Job
 from jobs.services import payment_trigger
 from subscriptions.custody import decrypt_private_key
@@ -31,28 +32,37 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
 
 @pytest.fixture
-def progress_written(monkeypatch: Any) -> dict[str, list[int]]:
-    """Every progress value written to each job by the bulk statements, in order (a spy: the
-    real statements run); a bulk completion counts as 100."""
-    written: dict[str, list[int]] = {}
-    progress, complete = bulk.jobs_progress, bulk.jobs_complete
+def progress_written() -> Iterator[Callable[[], dict[str, list[int]]]]:
+    """Every progress value each job row takes, in order, as PostgreSQL sees the writes (a
+    trigger logs them), whichever statement wrote them."""
+    table = Job._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE test_progress_log (id serial, job_id uuid, progress integer);"
+            "CREATE FUNCTION test_log_progress() RETURNS trigger AS $$ BEGIN "
+            "INSERT INTO test_progress_log (job_id, progress) VALUES (NEW.id, NEW.progress); "
+            "RETURN NEW; END $$ LANGUAGE plpgsql;"
+            f"CREATE TRIGGER test_progress AFTER UPDATE OF progress ON {table} FOR EACH ROW "
+            "WHEN (OLD.progress IS DISTINCT FROM NEW.progress) "
+            "EXECUTE FUNCTION test_log_progress();"
+        )
 
-    def spy_progress(*, job_ids: Any, worker_id: str, progress: int) -> set[str]:
-        held = progress_real(job_ids=job_ids, worker_id=worker_id, progress=progress)
-        for job_id in held:
-            written.setdefault(job_id, []).append(progress)
-        return held
+    def written() -> dict[str, list[int]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT job_id, progress FROM test_progress_log ORDER BY id")
+            steps: dict[str, list[int]] = {}
+            for job_id, progress in cursor.fetchall():
+                steps.setdefault(str(job_id), []).append(progress)
+            return steps
 
-    def spy_complete(*, results: Any, worker_id: str) -> set[str]:
-        completed = complete(results=results, worker_id=worker_id)
-        for job_id in completed:
-            written.setdefault(job_id, []).append(100)
-        return completed
-
-    progress_real = progress
-    monkeypatch.setattr(batch, "jobs_progress", spy_progress)
-    monkeypatch.setattr(batch, "jobs_complete", spy_complete)
-    return written
+    try:
+        yield written
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DROP TRIGGER test_progress ON {table}; DROP FUNCTION test_log_progress();"
+                "DROP TABLE test_progress_log;"
+            )
 
 
 def _wallets(count: int, user: Any, w3: Web3, token: str, deployer: Any, amount: int) -> list[Any]:
@@ -109,7 +119,7 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
     w3: Web3,
     token_address: str,
     deployer: Any,
-    progress_written: dict[str, list[int]],
+    progress_written: Callable[[], dict[str, list[int]]],
 ) -> None:
     wallets = _wallets(3, user, w3, token_address, deployer, 100 * 10**6)
     recipients = [new_address() for _ in range(4)]
@@ -132,12 +142,13 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
 
     assert report.completed == 24 and report.retry_in is None
     assert _used_in(w3, sent[0].transaction_hash) == 24
+    steps = progress_written()
     for job in Job.objects.all():
         assert job.status == Job.Status.COMPLETED, job.error
         assert job.result is not None
         assert job.result["transactionHash"] == sent[0].transaction_hash
         assert job.result["amount"] == "1.5"
-        assert progress_written[str(job.pk)] == [10, 30, 50, 80, 100]
+        assert steps[str(job.pk)] == [10, 30, 50, 80, 100]
     for payment in Payment.objects.all():
         assert payment.status == Payment.Status.COMPLETED
         assert payment.block_number is not None
