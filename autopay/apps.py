@@ -8,6 +8,8 @@ class AutopayConfig(AppConfig):
     def ready(self) -> None:
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
         from autopay.configuration import configuration_problems
-        from config.health import register_payment_check
+        from autopay.funding import relayers_health
+        from config.health import register_health_section, register_payment_check
 
         register_payment_check(configuration_problems)
+        register_health_section("relayers", relayers_health)

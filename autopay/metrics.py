@@ -37,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from autopay.funding import relayer_funding
 from config.redis import get_redis
 from jobs.models import Job
 from jobs.queue import broker_queue_length
@@ -94,6 +95,7 @@ class AutopayCollector(Collector):
         yield from _payment_metrics()
         yield from _settlement_latency()
         yield from _redis_metrics()
+        yield from _relayer_metrics()
 
 
 def _job_metrics() -> Iterator[Metric]:
@@ -205,6 +207,31 @@ def _redis_metrics() -> Iterator[Metric]:
             "Messages waiting in the Celery queue on the broker.",
             value=queue_length,
         )
+
+
+def _relayer_metrics() -> Iterator[Metric]:
+    """Each relayer's ETH balance (when the chain answers) and the /health threshold."""
+    try:
+        funding = relayer_funding()
+    except Exception:
+        logger.warning("metrics: relayer balances unavailable", exc_info=True)
+        return
+    if not funding:
+        return
+    balances = GaugeMetricFamily(
+        "autopay_relayer_balance_eth",
+        "ETH held by each relayer wallet (pays the gas of settlements).",
+        labels=["relayer"],
+    )
+    for relayer in funding:
+        if relayer.balance_eth is not None:
+            balances.add_metric([relayer.address], float(relayer.balance_eth))
+    yield balances
+    yield GaugeMetricFamily(
+        "autopay_relayer_min_balance_eth",
+        "RELAYER_MIN_BALANCE_ETH: below it /health answers 503.",
+        value=float(settings.RELAYER_MIN_BALANCE_ETH),
+    )
 
 
 def _redis_up(value: int) -> GaugeMetricFamily:

@@ -426,11 +426,6 @@ def relayer_keys() -> list[str]:
     return [settings.RELAYER_PRIVATE_KEY] if settings.RELAYER_PRIVATE_KEY else []
 
 
-def relayer_addresses() -> list[str]:
-    """The pool's addresses (from the keys; nothing is asked of the chain)."""
-    return [str(Account.from_key(key).address) for key in relayer_keys()]
-
-
 def get_relayer() -> Relayer:
     """A relayer of the pool for the configured chain, each call the next one in turn, so that
     a process's settlements spread over every key (each key has its own nonce lock)."""

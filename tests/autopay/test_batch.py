@@ -18,7 +18,6 @@ from django.utils import timezone
 from web3 import Web3
 from web3.types import RPCEndpoint
 
-from autopay import batch
 from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
 from autopay.chain.client import token_balance
 from autopay.scan import scan_due
@@ -26,6 +25,7 @@ from jobs.models import Job
 from jobs.services import payment_trigger
 from subscriptions.custody import decrypt_private_key
 from subscriptions.models import PayerWallet, Payment, Subscription
+from tests.batching import confirm, settle
 from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
@@ -91,21 +91,6 @@ def _scheduled_job_ids() -> list[str]:
     return [str(pk) for pk in Job.objects.order_by("created_at").values_list("pk", flat=True)]
 
 
-def _settle(job_ids: list[str], worker_id: str = "batch-test") -> list[batch.SentBatch]:
-    sent: list[batch.SentBatch] = []
-    batch.settle_jobs(job_ids=job_ids, worker_id=worker_id, on_sent=sent.append)
-    return sent
-
-
-def _confirm(sent: batch.SentBatch) -> batch.BatchReport:
-    return batch.confirm_jobs(
-        transaction_hash=sent.transaction_hash,
-        job_ids=sent.job_ids,
-        lease_owner=sent.lease_owner,
-        deadline=sent.deadline,
-    )
-
-
 def _used_in(w3: Web3, tx_hash: str) -> int:
     receipt = w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
     return sum(
@@ -129,7 +114,7 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
     ]
     job_ids = _scheduled_job_ids()
 
-    sent = _settle(job_ids)
+    sent = settle(job_ids)
 
     assert len(sent) == 1, "one transaction for the batch"
     assert sorted(sent[0].job_ids) == sorted(job_ids)
@@ -138,7 +123,7 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
     assert {payment.transaction_hash for payment in payments} == {sent[0].transaction_hash}
     assert all(payment.authorization_nonce for payment in payments)
 
-    report = _confirm(sent[0])
+    report = confirm(sent[0])
 
     assert report.completed == 24 and report.retry_in is None
     assert _used_in(w3, sent[0].transaction_hash) == 24
@@ -159,7 +144,7 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
         subscription.refresh_from_db()
         assert subscription.next_payment_due_at > timezone.now()
     # A second confirmation (a redelivered message) finds nothing left to record.
-    assert _confirm(sent[0]).completed == 0
+    assert confirm(sent[0]).completed == 0
 
 
 def test_items_that_would_fail_are_classified_and_never_sent(
@@ -191,11 +176,11 @@ def test_items_that_would_fail_are_classified_and_never_sent(
     Subscription.objects.filter(pk=canceled.pk).update(status=Subscription.Status.CANCELED)
     Payment.objects.filter(subscription=foreign).update(wallet=foreign_wallet)
 
-    sent = _settle(job_ids)
+    sent = settle(job_ids)
 
     assert len(sent) == 1
     assert _used_in(w3, sent[0].transaction_hash) == 6, "only the good items are sent"
-    assert _confirm(sent[0]).completed == 6
+    assert confirm(sent[0]).completed == 6
 
     def job_of(subscription: Any) -> Job:
         return Job.objects.filter(subscription=subscription).latest("created_at")
@@ -225,7 +210,7 @@ def test_an_item_failing_inside_the_mined_batch_goes_back_to_its_job(
     job_ids = _scheduled_job_ids()
     w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
     try:
-        sent = _settle(job_ids)
+        sent = settle(job_ids)
         assert len(sent) == 1
         # Before the batch is mined, the first payer moves its money away (a transaction
         # that pays more for gas, so it is mined first): its two items fail in the batch.
@@ -236,7 +221,7 @@ def test_an_item_failing_inside_the_mined_batch_goes_back_to_its_job(
     finally:
         w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
 
-    report = _confirm(sent[0])
+    report = confirm(sent[0])
 
     assert report.completed == 2 and report.delayed == 2
     assert report.retries and sum(len(ids) for ids in report.retries.values()) == 2
@@ -276,3 +261,34 @@ def _transfer_all(w3: Web3, token: str, key: bytes, to: str) -> None:
         }
     )
     w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+
+
+def test_no_aggregate3_contract_is_the_operators_problem_and_charges_nothing(
+    engine_settings: Any, user: Any, w3: Web3, token_address: str, deployer: Any
+) -> None:
+    wallet = _wallets(1, user, w3, token_address, deployer, 10 * 10**6)[0]
+    for _ in range(3):
+        _subscription(wallet, token_address, "1")
+    engine_settings.CHAIN_MULTICALL_ADDRESS = new_address()  # nothing deployed there
+
+    assert settle(_scheduled_job_ids()) == []
+
+    for job in Job.objects.all():
+        assert (job.status, job.error_code) == ("delayed", "configuration_error")
+        assert job.attempts_made == 0, "waiting for the operator uses no attempt"
+        assert "CHAIN_MULTICALL_ADDRESS" in job.error
+    assert token_balance(token_address, wallet.address) == 10 * 10**6
+
+
+def test_without_our_relayers_a_batch_is_its_jobs_one_by_one(
+    engine_settings: Any, user: Any
+) -> None:
+    engine_settings.AUTOPAY_PAYMENT_RAIL = "none"
+    for _ in range(3):
+        SubscriptionFactory.create(owner=user, billing_anchor=timezone.now())
+
+    assert settle(_scheduled_job_ids()) == []
+
+    assert {(job.status, job.error_code) for job in Job.objects.all()} == {
+        ("failed", "rail_not_configured")
+    }
