@@ -50,11 +50,12 @@ from subscriptions import errors
 logger = logging.getLogger(__name__)
 
 # What one transferWithAuthorization may cost inside aggregate3, its calldata aside (counted
-# exactly): ecrecover, the authorization slot (cold, zero to one), both balances cold with a
-# recipient that held nothing (zero to non-zero), two events and the call itself. The coldest
-# measured is 58.1k (tests/autopay/test_batch_rail.py); the shared payer and recipient slots
-# of a real batch cost far less (about 35k), and the unused part of the limit is not paid for.
-GAS_PER_CALL = 62_000
+# exactly), before refunds (which are only paid back at the end): ecrecover, the authorization
+# slot (cold, zero to one), both balances cold with a recipient that held nothing (zero to
+# non-zero), two events and the call itself. The coldest one measured takes 63k before its
+# refund (tests/autopay/test_batch_rail.py); the shared payer and recipient slots of a real
+# batch cost far less (about 35k), and the unused part of the limit is not paid for.
+GAS_PER_CALL = 66_000
 # aggregate3's own work (its loop, the result array) beyond the calls, and the 21k base.
 GAS_BATCH_OVERHEAD = 21_000 + 40_000
 # EIP-7825 (Osaka) caps a transaction's gas limit at 2**24; most chains cap blocks above it.
@@ -259,7 +260,7 @@ class X402BatchRail:
         """How many authorizations one transaction may carry under the block's gas limit and
         the transaction cap, at the worst-case cost of each (calldata included)."""
         room = min(block_gas_limit, TRANSACTION_GAS_CAP) - GAS_BATCH_OVERHEAD
-        return max(room // (GAS_PER_CALL + 6_000), 1)  # about 4.3k of calldata each
+        return max(room // (GAS_PER_CALL + 5_000), 1)  # about 4.3k of calldata each
 
     def gas_limit_for(self, items: Sequence[SignedAuthorization]) -> int:
         """The transaction's gas limit: its calldata's exact cost plus a bound per call."""
