@@ -321,9 +321,8 @@ class _BatchSettlement:
                 per_transaction = self.rail.max_items_per_transaction(_block_gas_limit())
                 for chunk in chunks(items, per_transaction):
                     self._settle(chunk)
-        except errors.ConfigurationError as error:
-            self._end_all(items, error)
         except errors.PaymentError as error:
+            # The whole batch meets it (the chain unreachable, the configuration wrong).
             self._end_all(items, error)
         except SoftTimeLimitExceeded:
             self._end_all(items, errors.AttemptTimeout("the batch ran past its soft time limit"))
