@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 _PAYMENT_FIELDS = (
     "id",
     "subscription_id",
+    "period_index",
     "period_start",
     "amount",
     "payer_address",
@@ -273,7 +274,7 @@ def _record_settled(
     """The money moved: payments first (whatever happens to the jobs), then 80 % and 100 %."""
     block = settled[0][1].block_number
     payments_record_success(
-        payment_ids=[job.payment_id for job, _ in settled],
+        payments=[job.payment for job, _ in settled],
         transaction_hash=transaction_hash,
         block_number=block,
     )
@@ -437,13 +438,14 @@ class _BatchSettlement:
             valid_before=window.valid_before,
             search_from_block=chain.recent_block_number(),
         )
+        digests = {item.job_id: self.rail.digest(authorizations[item.job_id]) for item in items}
         signatures = sign_digests(
             [
                 DigestToSign(
                     wallet_id=item.payment.wallet_id,
                     owner_id=item.payment.subscription.owner_id,
                     payer_address=item.payment.payer_address,
-                    digest=self.rail.digest(authorizations[item.job_id]),
+                    digest=digests[item.job_id],
                 )
                 for item in items
             ]
@@ -453,7 +455,9 @@ class _BatchSettlement:
             if isinstance(signature, errors.PaymentError):
                 self._classify(item, signature)
                 continue
-            item.signed = SignedAuthorization(item.intent, authorizations[item.job_id], signature)
+            item.signed = SignedAuthorization(
+                item.intent, authorizations[item.job_id], digests[item.job_id], signature
+            )
             problem = self.rail.verify(item.signed, now=now)
             if problem is not None:
                 self._classify(item, problem)
@@ -520,11 +524,8 @@ class _BatchSettlement:
         signed = [item.signed for item in items if item.signed is not None]
         try:
             with self.report.timing("simulate"):
-                outcomes = self.rail.simulate(
-                    signed,
-                    sender=relayer.address,
-                    gas_limit=self.rail.gas_limit_for(signed),
-                )
+                transaction = self.rail.transaction(signed)
+                outcomes = self.rail.simulate(transaction, sender=relayer.address)
         except errors.PaymentError as error:
             self._end_all(items, error)
             return
@@ -539,13 +540,15 @@ class _BatchSettlement:
                 self._classify(item, outcome)
         if not to_send:
             return
-        payloads = [item.signed for item in to_send if item.signed is not None]
+        if len(to_send) < len(items):
+            transaction = self.rail.transaction(
+                [item.signed for item in to_send if item.signed is not None]
+            )
         try:
             with self.report.timing("send"):
                 tx_hash = self.rail.send(
-                    payloads,
+                    transaction,
                     relayer=relayer,
-                    gas_limit=self.rail.gas_limit_for(payloads),
                     on_signed=lambda tx_hash: self._submitted(to_send, tx_hash),
                     on_unsent=lambda tx_hash: self._unsent(to_send, tx_hash),
                 )

@@ -382,63 +382,63 @@ def payment_record_success(
 
 
 def payments_record_success(
-    *, payment_ids: Sequence[int], transaction_hash: str, block_number: int | None
-) -> list[int]:
-    """``payment_record_success`` for many payments settled by one transaction, in a few
-    statements whatever their number: the payments completed, their subscriptions' cursors
-    and next due times moved on, past-due subscriptions with nothing failed left active again.
-    Returns the ids this call completed (a payment already completed is left as it was)."""
-    ids = sorted(set(payment_ids))
-    if not ids:
-        return []
+    *, payments: Sequence[Payment], transaction_hash: str, block_number: int | None
+) -> int:
+    """``payment_record_success`` for many payments settled by one transaction, in three
+    statements whatever their number: the payments completed, their subscriptions' next due
+    times moved on (and their cursors, should one be behind), past-due subscriptions with
+    nothing failed left active again. Returns how many payments this call completed (one
+    already completed is left as it was)."""
+    if not payments:
+        return 0
     now = timezone.now()
-    no_key = connection.features.has_select_for_no_key_update
-    with transaction.atomic():
-        periods_paid = list(
-            Payment.objects.filter(pk__in=ids).values_list("subscription_id", "period_index")
+    last_paid: dict[int, int] = {}
+    for payment in payments:
+        index = payment.period_index
+        last_paid[payment.subscription_id] = max(
+            index, last_paid.get(payment.subscription_id, index)
         )
-        subscription_ids = sorted({subscription_id for subscription_id, _ in periods_paid})
-        # Subscriptions, then payments, each in id order: the order a manual trigger takes
-        # them in (payment_take_due), so that the two never wait for each other in a circle.
-        cursors = dict(
-            Subscription.objects.select_for_update(no_key=no_key)
+    subscription_ids = sorted(last_paid)
+    with transaction.atomic():
+        # Subscriptions first, in id order (the order a manual trigger takes them in, before
+        # their payments): the two never wait for each other in a circle.
+        locked = list(
+            Subscription.objects.select_for_update(
+                no_key=connection.features.has_select_for_no_key_update
+            )
             .filter(pk__in=subscription_ids)
             .order_by("pk")
-            .values_list("pk", "next_period_index")
+            .values_list("pk", "next_period_index", "status")
         )
-        completed = list(
-            Payment.objects.select_for_update()
-            .filter(pk__in=ids)
+        completed = (
+            Payment.objects.filter(pk__in=[payment.pk for payment in payments])
             .exclude(status=Payment.Status.COMPLETED)
-            .order_by("pk")
-            .values_list("pk", flat=True)
+            .update(
+                status=Payment.Status.COMPLETED,
+                transaction_hash=transaction_hash,
+                block_number=block_number,
+                error_code="",
+                error_message="",
+                completed_at=now,
+                updated_at=now,
+            )
         )
-        Payment.objects.filter(pk__in=completed).update(
-            status=Payment.Status.COMPLETED,
-            transaction_hash=transaction_hash,
-            block_number=block_number,
-            error_code="",
-            error_message="",
-            completed_at=now,
-            updated_at=now,
-        )
-        last_paid: dict[int, int] = {}
-        for subscription_id, index in periods_paid:
-            last_paid[subscription_id] = max(index, last_paid.get(subscription_id, index))
-        # The scan and triggers move a cursor past each payment they create, so this is rare.
-        for subscription in Subscription.objects.filter(
-            pk__in=[pk for pk, index in last_paid.items() if cursors.get(pk, index + 1) <= index]
-        ):
+        # The scan and triggers move a cursor past each payment they create: rarely behind.
+        behind = [pk for pk, cursor, _ in locked if cursor <= last_paid[pk]]
+        for subscription in Subscription.objects.filter(pk__in=behind):
             _advance_cursor(subscription, past_index=last_paid[subscription.pk])
-        failed = Payment.objects.filter(subscription=OuterRef("pk"), status=Payment.Status.FAILED)
-        Subscription.objects.filter(
-            pk__in=subscription_ids, status=Subscription.Status.PAST_DUE
-        ).exclude(Exists(failed)).update(
-            status=Subscription.Status.ACTIVE,
-            dunning_attempts=0,
-            dunning_next_retry_at=None,
-            updated_at=now,
-        )
+        if any(status == Subscription.Status.PAST_DUE for _, _, status in locked):
+            failed = Payment.objects.filter(
+                subscription=OuterRef("pk"), status=Payment.Status.FAILED
+            )
+            Subscription.objects.filter(
+                pk__in=subscription_ids, status=Subscription.Status.PAST_DUE
+            ).exclude(Exists(failed)).update(
+                status=Subscription.Status.ACTIVE,
+                dunning_attempts=0,
+                dunning_next_retry_at=None,
+                updated_at=now,
+            )
         earliest_open = (
             Payment.objects.filter(subscription=OuterRef("pk"))
             .exclude(status__in=SETTLED_STATUSES)

@@ -113,22 +113,23 @@ def revert_reason(return_data: bytes) -> str:
 
 
 def simulate_aggregate3(
-    w3: Web3, *, multicall: str, calls: Sequence[Call3], sender: str, gas: int | None = None
+    w3: Web3, *, multicall: str, calldata: bytes, calls: int, sender: str, gas: int | None = None
 ) -> list[CallResult]:
-    """``eth_call`` of aggregate3 on the pending block: each call's success or revert reason,
-    as the transaction would see them if it were mined now. ``gas`` caps the simulation as it
-    will cap the transaction, so a call that would run out of gas fails here too."""
+    """``eth_call`` of aggregate3 (``calldata``, from ``encode_aggregate3``, of ``calls``
+    calls) on the pending block: each call's success or revert reason, as the transaction
+    would see them if it were mined now. ``gas`` caps the simulation as it will cap the
+    transaction, so a call that would run out of gas fails here too."""
     request: dict[str, Any] = {
         "from": to_checksum_address(sender),
         "to": to_checksum_address(multicall),
-        "data": "0x" + encode_aggregate3(calls).hex(),
+        "data": "0x" + calldata.hex(),
     }
     if gas is not None:
         request["gas"] = hex(gas)
     raw = _request(w3, "eth_call", [request, "pending"])
     results = decode_aggregate3(bytes.fromhex(str(raw).removeprefix("0x")))
-    if len(results) != len(calls):
-        raise ValueError(f"aggregate3 returned {len(results)} results for {len(calls)} calls")
+    if len(results) != calls:
+        raise ValueError(f"aggregate3 returned {len(results)} results for {calls} calls")
     return results
 
 

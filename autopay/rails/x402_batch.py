@@ -70,11 +70,22 @@ _checked: dict[tuple[str, str, str], float] = {}
 
 @dataclass(frozen=True)
 class SignedAuthorization:
-    """One item of a batch: the payment, its authorization and the payer's signature."""
+    """One item of a batch: the payment, its authorization, the EIP-712 digest of that
+    authorization (``X402BatchRail.digest``) and the payer's signature of it."""
 
     intent: PaymentIntent
     authorization: TransferAuthorization
+    digest: bytes
     signature: bytes
+
+
+@dataclass(frozen=True)
+class BatchTransaction:
+    """One aggregate3 transaction: its items, calldata and gas limit."""
+
+    items: tuple[SignedAuthorization, ...]
+    calldata: bytes
+    gas_limit: int
 
 
 ItemOutcome = Settlement | errors.PaymentError | None
@@ -231,7 +242,7 @@ class X402BatchRail:
                 "invalid_exact_evm_payload_authorization_valid_after",
                 code="authorization_not_yet_valid",
             )
-        signer = recover_signer(self.digest(authorization), item.signature)
+        signer = recover_signer(item.digest, item.signature)
         if signer is None or signer.lower() != authorization.payer.lower():
             return errors.InvalidSignature("invalid_exact_evm_payload_signature")
         return None
@@ -262,28 +273,33 @@ class X402BatchRail:
         room = min(block_gas_limit, TRANSACTION_GAS_CAP) - GAS_BATCH_OVERHEAD
         return max(room // (GAS_PER_CALL + 5_000), 1)  # about 4.3k of calldata each
 
-    def gas_limit_for(self, items: Sequence[SignedAuthorization]) -> int:
-        """The transaction's gas limit: its calldata's exact cost plus a bound per call."""
+    def transaction(self, items: Sequence[SignedAuthorization]) -> BatchTransaction:
+        """The batch's aggregate3 transaction. Its gas limit is the calldata's exact cost plus
+        a bound per call; the simulation runs under the same limit, so no estimate is needed
+        (an estimate would run the whole batch several times over)."""
         calldata = encode_aggregate3(self.calls(items))
         zeros = calldata.count(0)
         calldata_gas = 4 * zeros + 16 * (len(calldata) - zeros)
-        return GAS_BATCH_OVERHEAD + calldata_gas + len(items) * GAS_PER_CALL
+        return BatchTransaction(
+            items=tuple(items),
+            calldata=calldata,
+            gas_limit=GAS_BATCH_OVERHEAD + calldata_gas + len(items) * GAS_PER_CALL,
+        )
 
-    def simulate(
-        self, items: Sequence[SignedAuthorization], *, sender: str, gas_limit: int
-    ) -> list[ItemOutcome]:
+    def simulate(self, transaction: BatchTransaction, *, sender: str) -> list[ItemOutcome]:
         """One eth_call of aggregate3 over the batch: None for an item that will settle, else
         its outcome (a Settlement found on-chain when its authorization is already used, or
         the error the single path would report). Raises RpcUnavailable when it cannot ask."""
         results = simulate_aggregate3(
             chain.get_web3(),
             multicall=self._multicall,
-            calls=self.calls(items),
+            calldata=transaction.calldata,
+            calls=len(transaction.items),
             sender=sender,
-            gas=gas_limit,
+            gas=transaction.gas_limit,
         )
         outcomes: list[ItemOutcome] = []
-        for item, result in zip(items, results, strict=True):
+        for item, result in zip(transaction.items, results, strict=True):
             outcomes.append(None if result.success else self._refused(item, result.revert_reason))
         return outcomes
 
@@ -313,21 +329,22 @@ class X402BatchRail:
 
     def send(
         self,
-        items: Sequence[SignedAuthorization],
+        transaction: BatchTransaction,
         *,
         relayer: Relayer,
-        gas_limit: int,
         on_signed: Callable[[str], None],
         on_unsent: Callable[[str], None],
     ) -> str:
         """Sign and broadcast the batch's transaction with ``relayer`` (its nonce allocated
         under its own lock); ``on_signed`` records the hash before the broadcast. Returns the
         hash; raises a transient PaymentError when nothing (or maybe something) was sent."""
-        data = "0x" + encode_aggregate3(self.calls(items)).hex()
+        data = "0x" + transaction.calldata.hex()
         context = SettlementContext(on_signed=on_signed, on_unsent=on_unsent)
         try:
             with settlement_context(context):
-                return relayer.send_call(to=self._multicall, data=data, gas_limit=gas_limit)
+                return relayer.send_call(
+                    to=self._multicall, data=data, gas_limit=transaction.gas_limit
+                )
         except errors.PaymentError:
             raise
         except RedisError as exc:

@@ -156,7 +156,12 @@ def test_one_failing_call_does_not_revert_the_batch_and_says_why(
     sender = Account.from_key(ANVIL_DEV_KEYS[1]).address
 
     results = simulate_aggregate3(
-        w3, multicall=multicall_address, calls=calls, sender=sender, gas=None
+        w3,
+        multicall=multicall_address,
+        calldata=encode_aggregate3(calls),
+        calls=len(calls),
+        sender=sender,
+        gas=None,
     )
 
     assert [result.success for result in results] == [True, False, False, True]
