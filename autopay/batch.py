@@ -279,7 +279,10 @@ def _record_settled(
         block_number=block,
     )
     ids = [str(job.pk) for job, _ in settled]
-    held = jobs_progress(job_ids=ids, worker_id=lease_owner, progress=Progress.CONFIRMED)
+    # No lease to extend: the 50 % step just did, and completion comes next.
+    held = jobs_progress(
+        job_ids=ids, worker_id=lease_owner, progress=Progress.CONFIRMED, extend_lease=False
+    )
     completed = jobs_complete(
         results={
             str(job.pk): engine.settlement_result(job.payment, settlement)

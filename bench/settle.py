@@ -71,8 +71,10 @@ class Result:
     gas_per_payment: float
     transactions: int
     worker_cpu: float
-    system_cpu: float
+    anvil_cpu: float
+    database_cpu: float
     machine_cpu: float
+    load: tuple[float, float]
     audit: str
     steps: dict[str, float]
 
@@ -328,6 +330,9 @@ def measure(
         "RELAYER_PRIVATE_KEY": relayer_keys[0],
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
+        # Each worker process keeps its database connection (on both paths), so that the
+        # PostgreSQL backends' CPU can be read at the end of the run.
+        "CELERY_DB_REUSE_MAX": "100000",
     }
     log = REPO_ROOT / "var" / f"bench-settle-{chain}-{path}.log"
     log.parent.mkdir(exist_ok=True)
@@ -336,6 +341,7 @@ def measure(
     try:
         worker_cpu_0, machine_cpu_0 = workers.cpu_seconds(), machine_cpu()
         anvil_cpu_0, database_0 = process_cpu(anvil_pid), database_cpu()
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         app.send_task("autopay.scan_due_subscriptions", queue=settings.CELERY_TASK_DEFAULT_QUEUE)
         deadline = time.monotonic() + timeout
@@ -346,7 +352,7 @@ def measure(
             ).count()
             if done >= count:
                 break
-            time.sleep(0.05)
+            time.sleep(0.2)
         seconds = time.perf_counter() - started
         worker_cpu = workers.cpu_seconds() - worker_cpu_0
         machine = machine_cpu() - machine_cpu_0
@@ -360,6 +366,9 @@ def measure(
     completed = Payment.objects.filter(status=Payment.Status.COMPLETED).count()
     failed = Payment.objects.filter(status=Payment.Status.FAILED).count()
     gas, transactions = relayer_gas(w3, relayer_keys, start_block, end_block)
+    if batch_size > 1:
+        per_block = batches_per_block(w3, relayer_keys, start_block, end_block)
+        print(f"{chain} {path}: relayer transactions per block {per_block}", flush=True)
     audit = audit_chain(w3, chain_env["TOKEN_ADDRESS"], recipients, start_block, end_block)
     if done < count:
         audit += f"; TIMEOUT: {done}/{count} recorded"
@@ -373,7 +382,9 @@ def measure(
         gas_per_payment=gas / completed if completed else 0.0,
         transactions=transactions,
         worker_cpu=worker_cpu / max(completed, 1),
-        system_cpu=(worker_cpu + anvil_cpu + database) / max(completed, 1),
+        anvil_cpu=anvil_cpu / max(completed, 1),
+        database_cpu=database / max(completed, 1),
+        load=(load_before, os.getloadavg()[0]),
         machine_cpu=machine / max(completed, 1),
         audit=audit,
         steps=batch_steps(log.read_text(errors="replace")),
@@ -394,6 +405,20 @@ def relayer_gas(w3: Any, keys: list[str], start: int, end: int) -> tuple[int, in
                 gas += int(receipt["gasUsed"], 16)
                 transactions += 1
     return gas, transactions
+
+
+def batches_per_block(w3: Any, keys: list[str], start: int, end: int) -> dict[int, int]:
+    """How many blocks carried 1, 2, 3... relayer transactions."""
+    from eth_account import Account
+
+    relayers = {Account.from_key(key).address.lower() for key in keys}
+    histogram: dict[int, int] = {}
+    for number in range(start + 1, end + 1):
+        block = w3.eth.get_block(number, full_transactions=True)
+        count = sum(1 for tx in block["transactions"] if str(tx["from"]).lower() in relayers)
+        if count:
+            histogram[count] = histogram.get(count, 0) + 1
+    return dict(sorted(histogram.items()))
 
 
 def audit_chain(w3: Any, token: str, recipients: list[str], start: int, end: int) -> str:
@@ -522,14 +547,16 @@ def print_table(results: list[Result]) -> None:
     print()
     print(
         f"{'chain':>8} {'path':>8} {'payments':>8} {'failed':>6} {'seconds':>7} "
-        f"{'pay/s':>7} {'gas/pay':>8} {'txs':>5} {'CPU s/pay: workers':>18} "
-        f"{'+anvil+db':>9} {'machine':>8}  audit"
+        f"{'pay/s':>7} {'gas/pay':>8} {'txs':>5} {'CPU ms/pay: workers':>19} "
+        f"{'anvil':>6} {'db':>6} {'machine':>8} {'load':>9}  audit"
     )
     for r in results:
         print(
             f"{r.chain:>8} {r.path:>8} {r.completed:>8} {r.failed:>6} {r.seconds:>7.1f} "
             f"{r.rate:>7.1f} {r.gas_per_payment:>8.0f} {r.transactions:>5} "
-            f"{r.worker_cpu:>18.4f} {r.system_cpu:>9.4f} {r.machine_cpu:>8.4f}  {r.audit}"
+            f"{r.worker_cpu * 1000:>19.2f} {r.anvil_cpu * 1000:>6.2f} "
+            f"{r.database_cpu * 1000:>6.2f} {r.machine_cpu * 1000:>8.2f} "
+            f"{r.load[0]:>4.1f}-{r.load[1]:<4.1f}  {r.audit}"
         )
     for r in results:
         if r.steps:

@@ -254,6 +254,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
 }
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="autopay")
+# Celery's Django fixup closes the database connection after every task unless this is set:
+# then a worker process keeps it for about twice this many tasks (the tasks still drop a
+# connection older than DATABASE_CONN_MAX_AGE or broken). Unset: a new connection per task.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=0) or None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
