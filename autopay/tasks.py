@@ -38,7 +38,7 @@ def process_autopay_job(self: Any, job_id: str) -> str:
     return outcome.status
 
 
-@shared_task(bind=True, name="autopay.settle_batch", acks_late=True, max_retries=None)
+@shared_task(bind=True, name="autopay.settle_batch", acks_late=True)
 def settle_batch(self: Any, job_ids: list[str]) -> dict[str, Any]:
     """Settle a batch of scheduled payment jobs in one transaction, up to its broadcast; its
     outcome is recorded by autopay.confirm_batch, queued as soon as the transaction is out."""
@@ -84,7 +84,10 @@ def confirm_batch(
         deadline=deadline,
     )
     if report.retry_in is not None:
-        raise self.retry(countdown=report.retry_in)
+        # Every AUTOPAY_BATCH_CONFIRM_POLL_SECONDS for the first few looks, then at most once
+        # a second: a stalled chain does not turn every batch in flight into a message storm.
+        countdown = report.retry_in if self.request.retries < 8 else max(report.retry_in, 1.0)
+        raise self.retry(countdown=countdown)
     return report.as_dict()
 
 

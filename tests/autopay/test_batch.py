@@ -292,3 +292,30 @@ def test_without_our_relayers_a_batch_is_its_jobs_one_by_one(
     assert {(job.status, job.error_code) for job in Job.objects.all()} == {
         ("failed", "rail_not_configured")
     }
+
+
+def test_several_batches_in_flight_on_one_relayer_take_nonces_in_sequence(
+    engine_settings: Any, user: Any, w3: Web3, token_address: str, deployer: Any
+) -> None:
+    from autopay.chain.relayer import get_relayer
+
+    wallet = _wallets(1, user, w3, token_address, deployer, 10 * 10**6)[0]
+    for _ in range(6):
+        _subscription(wallet, token_address, "1")
+    job_ids = _scheduled_job_ids()
+    relayer = get_relayer().address
+    first_nonce = w3.eth.get_transaction_count(relayer, "pending")  # type: ignore[arg-type]
+    w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
+    try:
+        # Three batches go out before any is mined: nobody waits for a confirmation.
+        sent = [tx for start in (0, 2, 4) for tx in settle(job_ids[start : start + 2], f"w{start}")]
+        nonces = [
+            w3.eth.get_transaction(tx.transaction_hash)["nonce"]  # type: ignore[arg-type]
+            for tx in sent
+        ]
+        assert nonces == [first_nonce, first_nonce + 1, first_nonce + 2]
+        w3.provider.make_request(RPCEndpoint("evm_mine"), [])
+    finally:
+        w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
+
+    assert [confirm(tx).completed for tx in sent] == [2, 2, 2]
