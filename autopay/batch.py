@@ -51,6 +51,7 @@ from autopay.chain.relayer import get_relayer
 from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.rails.x402_batch import SignedAuthorization, X402BatchRail
 from autopay.signers import DigestToSign, sign_digests
+from config.sql import binary_cursor
 from jobs import services as job_services
 from jobs.bulk import chunks, jobs_claim, jobs_complete, jobs_held, jobs_progress
 from jobs.models import Job
@@ -150,14 +151,27 @@ class BatchReport:
 
 @dataclass
 class _Item:
-    job: Job
+    """One job of a batch, held under ``lease_owner``, and its payment."""
+
+    job_id: str
+    attempts_made: int
+    max_attempts: int
+    lease_owner: str
     payment: Payment
     intent: PaymentIntent
     signed: SignedAuthorization | None = None
 
     @property
-    def job_id(self) -> str:
-        return str(self.job.pk)
+    def job(self) -> Job:
+        """The job as the single path's endings take it (built only when one is needed)."""
+        return Job(
+            id=uuid.UUID(self.job_id),
+            payment_id=self.payment.pk,
+            status=Job.Status.ACTIVE,
+            lease_owner=self.lease_owner,
+            attempts_made=self.attempts_made,
+            max_attempts=self.max_attempts,
+        )
 
 
 def settle_jobs(
@@ -186,14 +200,10 @@ def settle_jobs(
         )
     items = [
         _Item(
-            job=Job(
-                id=uuid.UUID(job.id),
-                payment_id=job.payment_id,
-                status=Job.Status.ACTIVE,
-                lease_owner=worker_id,
-                attempts_made=job.attempts_made,
-                max_attempts=job.max_attempts,
-            ),
+            job_id=job.id,
+            attempts_made=job.attempts_made,
+            max_attempts=job.max_attempts,
+            lease_owner=worker_id,
             payment=payments[job.payment_id],
             intent=engine.payment_intent(payments[job.payment_id]),
         )
@@ -212,33 +222,44 @@ def confirm_jobs(
     ``lease_owner``; ``retry_in`` is set while the transaction is not yet mined."""
     close_old_connections()
     report = BatchReport()
-    jobs = list(
-        Job.objects.select_related("payment")
-        .only(
-            "id",
-            "payment_id",
-            "status",
-            "lease_owner",
-            "attempts_made",
-            "max_attempts",
-            *(f"payment__{name}" for name in _PAYMENT_FIELDS),
+    # The payments of the jobs still held, each with its job's id and attempts (one model per
+    # row: a confirmation reads hundreds).
+    items = [
+        _Item(
+            job_id=str(payment.held_job_id),
+            attempts_made=payment.held_attempts,
+            max_attempts=payment.held_max_attempts,
+            lease_owner=lease_owner,
+            payment=payment,
+            intent=engine.payment_intent(payment),
         )
-        .filter(pk__in=list(job_ids), status=Job.Status.ACTIVE, lease_owner=lease_owner)
-    )
-    if not jobs:
+        for payment in Payment.objects.only(*_PAYMENT_FIELDS)
+        .filter(
+            jobs__pk__in=list(job_ids),
+            jobs__status=Job.Status.ACTIVE,
+            jobs__lease_owner=lease_owner,
+        )
+        .annotate(
+            held_job_id=F("jobs__id"),
+            held_attempts=F("jobs__attempts_made"),
+            held_max_attempts=F("jobs__max_attempts"),
+        )
+    ]
+    if not items:
         return report  # recorded already, or taken back by recovery (which reconciles)
-    report.claimed = len(jobs)
+    report.claimed = len(items)
     rail = X402BatchRail.from_settings(network_tokens=network_tokens())
-    intents = [engine.payment_intent(job.payment) for job in jobs]
     outcomes: Sequence[Settlement | errors.PaymentError] | None
     try:
         with report.timing("receipt"):
-            outcomes = rail.outcomes(transaction_hash, intents) if rail else None
+            outcomes = (
+                rail.outcomes(transaction_hash, [item.intent for item in items]) if rail else None
+            )
     except errors.PaymentError as error:
         if time.time() < deadline:
             report.retry_in = settings.AUTOPAY_BATCH_CONFIRM_POLL_SECONDS
             return report
-        outcomes = [error] * len(jobs)
+        outcomes = [error] * len(items)
     if outcomes is None:
         if rail is not None and time.time() < deadline:
             report.retry_in = settings.AUTOPAY_BATCH_CONFIRM_POLL_SECONDS
@@ -247,26 +268,30 @@ def confirm_jobs(
             f"transaction {transaction_hash} not confirmed within "
             f"{settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS:.0f}s"
         )
-        outcomes = [pending] * len(jobs)
+        outcomes = [pending] * len(items)
 
     settled = [
-        (job, outcome)
-        for job, outcome in zip(jobs, outcomes, strict=True)
+        (item, outcome)
+        for item, outcome in zip(items, outcomes, strict=True)
         if isinstance(outcome, Settlement)
     ]
     if settled:
         with report.timing("record"):
             _record_settled(settled, transaction_hash, lease_owner, report)
-    for job, outcome in zip(jobs, outcomes, strict=True):
+    for item, outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, errors.PaymentError):
-            _end(report, str(job.pk), partial(_transient, job, job.payment, lease_owner, outcome))
+            _end(
+                report,
+                item.job_id,
+                partial(_transient, item.job, item.payment, lease_owner, outcome),
+            )
     _publish_retries(report)
     logger.info("batch %s confirmed: %s", transaction_hash, report.as_dict())
     return report
 
 
 def _record_settled(
-    settled: list[tuple[Job, Settlement]],
+    settled: list[tuple[_Item, Settlement]],
     transaction_hash: str,
     lease_owner: str,
     report: BatchReport,
@@ -274,20 +299,20 @@ def _record_settled(
     """The money moved: payments first (whatever happens to the jobs), then 80 % and 100 %."""
     block = settled[0][1].block_number
     payments_record_success(
-        payments=[job.payment for job, _ in settled],
+        payments=[item.payment for item, _ in settled],
         transaction_hash=transaction_hash,
         block_number=block,
     )
-    ids = [str(job.pk) for job, _ in settled]
+    ids = [item.job_id for item, _ in settled]
     # No lease to extend: the 50 % step just did, and completion comes next.
     held = jobs_progress(
         job_ids=ids, worker_id=lease_owner, progress=Progress.CONFIRMED, extend_lease=False
     )
     completed = jobs_complete(
         results={
-            str(job.pk): engine.settlement_result(job.payment, settlement)
-            for job, settlement in settled
-            if str(job.pk) in held
+            item.job_id: engine.settlement_result(item.payment, settlement)
+            for item, settlement in settled
+            if item.job_id in held
         },
         worker_id=lease_owner,
     )
@@ -620,13 +645,14 @@ class _BatchSettlement:
         ).update(status=Payment.Status.PROCESSING, transaction_hash="", updated_at=timezone.now())
 
 
+# Binary parameters (%b, binary_cursor): arrays of hundreds of values are not formatted as text.
 _PREPARED_POSTGRESQL = """
-UPDATE {payment} AS payment SET status = %s, authorization_nonce = wanted.nonce,
-    valid_after = %s, valid_before = %s,
-    search_from_block = COALESCE(payment.search_from_block, %s), updated_at = %s
-FROM unnest(%s::bigint[], %s::text[]) AS wanted(id, nonce), {job} AS job
-WHERE payment.id = wanted.id AND payment.status <> %s
-  AND job.payment_id = payment.id AND job.status = %s AND job.lease_owner = %s
+UPDATE {payment} AS payment SET status = %b, authorization_nonce = wanted.nonce,
+    valid_after = %b, valid_before = %b,
+    search_from_block = COALESCE(payment.search_from_block, %b), updated_at = %b
+FROM unnest(%b::bigint[], %b::text[]) AS wanted(id, nonce), {job} AS job
+WHERE payment.id = wanted.id AND payment.status <> %b
+  AND job.payment_id = payment.id AND job.status = %b AND job.lease_owner = %b
 """
 
 
@@ -641,7 +667,7 @@ def _prepared_postgresql(
 ) -> int:
     """The batch's ``prepared`` write in one statement, each payment with its own nonce."""
     sql = _PREPARED_POSTGRESQL.format(payment=Payment._meta.db_table, job=Job._meta.db_table)
-    with connection.cursor() as cursor:
+    with binary_cursor() as cursor:
         cursor.execute(
             sql,
             [
@@ -662,13 +688,13 @@ def _prepared_postgresql(
 
 _SUBMITTED_POSTGRESQL = """
 WITH held AS (
-    UPDATE {job} SET progress = %s, lease_expires_at = %s, updated_at = %s
-    WHERE id = ANY(%s::uuid[]) AND status = %s AND lease_owner = %s
+    UPDATE {job} SET progress = %b, lease_expires_at = %b, updated_at = %b
+    WHERE id = ANY(%b::uuid[]) AND status = %b AND lease_owner = %b
     RETURNING payment_id
 ), submitted AS (
     UPDATE {payment} AS payment
-    SET status = %s, transaction_hash = %s, submitted_at = %s, updated_at = %s
-    FROM held WHERE payment.id = held.payment_id AND payment.status <> %s
+    SET status = %b, transaction_hash = %b, submitted_at = %b, updated_at = %b
+    FROM held WHERE payment.id = held.payment_id AND payment.status <> %b
     RETURNING payment.id
 )
 SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM submitted)
@@ -682,7 +708,7 @@ def _submitted_postgresql(
     returns how many jobs were held and how many payments took the hash."""
     sql = _SUBMITTED_POSTGRESQL.format(job=Job._meta.db_table, payment=Payment._meta.db_table)
     lease = now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)
-    with connection.cursor() as cursor:
+    with binary_cursor() as cursor:
         cursor.execute(
             sql,
             [

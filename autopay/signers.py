@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import coincurve
 from django.core.exceptions import ImproperlyConfigured
 from eth_account import Account
 from eth_utils import to_checksum_address
@@ -106,7 +107,7 @@ def sign_digests(requests: Sequence[DigestToSign]) -> list[bytes | PaymentError]
             "pk", "owner_id", "address", "encrypted_private_key"
         )
     }
-    keys: dict[int, bytes | PaymentError] = {}
+    keys: dict[int, coincurve.PrivateKey | PaymentError] = {}
     signatures: list[bytes | PaymentError] = []
     for request in requests:
         wallet = wallets.get(request.wallet_id) if request.wallet_id is not None else None
@@ -126,7 +127,7 @@ def sign_digests(requests: Sequence[DigestToSign]) -> list[bytes | PaymentError]
         key = keys.get(wallet.pk)
         if key is None:
             try:
-                key = decrypt_private_key(wallet.encrypted_private_key)
+                key = coincurve.PrivateKey(decrypt_private_key(wallet.encrypted_private_key))
             except (ImproperlyConfigured, KeyCustodyError) as exc:
                 # The operator's key setup, not the customer's wallet: the job waits for a fix.
                 key = ConfigurationError(

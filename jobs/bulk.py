@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from config.sql import insert_lists
+from config.sql import binary_cursor, insert_lists
 from jobs.models import Job
 
 
@@ -194,16 +194,16 @@ def jobs_complete(*, results: dict[str, dict[str, Any]], worker_id: str) -> set[
     table = Job._meta.db_table
     if connection.vendor == "postgresql":
         sql = (
-            f"UPDATE {table} AS job SET status = %s, progress = 100, "  # noqa: S608 (names from model meta)
-            "result = v.result::jsonb, error_code = '', error = '', finished_at = %s, "
-            "lease_owner = '', lease_expires_at = NULL, updated_at = %s "
-            "FROM unnest(%s::uuid[], %s::text[]) AS v(id, result) "
-            "WHERE job.id = v.id AND job.status = %s AND job.lease_owner = %s "
+            f"UPDATE {table} AS job SET status = %b, progress = 100, "  # noqa: S608 (names from model meta)
+            "result = v.result::jsonb, error_code = '', error = '', finished_at = %b, "
+            "lease_owner = '', lease_expires_at = NULL, updated_at = %b "
+            "FROM unnest(%b::uuid[], %b::text[]) AS v(id, result) "
+            "WHERE job.id = v.id AND job.status = %b AND job.lease_owner = %b "
             "RETURNING job.id"
         )
         ids = [uuid.UUID(job_id) for job_id in results]
         texts = [json.dumps(result) for result in results.values()]
-        with connection.cursor() as cursor:
+        with binary_cursor() as cursor:
             cursor.execute(
                 sql, [Job.Status.COMPLETED, now, now, ids, texts, Job.Status.ACTIVE, worker_id]
             )

@@ -107,10 +107,16 @@ def authorization_digest(authorization: TransferAuthorization, *, domain_separat
     return keccak(b"\x19\x01" + domain_separator + struct_hash)
 
 
-def sign_digest(private_key: bytes, digest: bytes) -> bytes:
+def sign_digest(private_key: bytes | coincurve.PrivateKey, digest: bytes) -> bytes:
     """A 65-byte r‖s‖v signature of ``digest`` (v = 27 or 28; s is always low, as EIP-2 and
-    the token require), by libsecp256k1 through coincurve."""
-    signature = coincurve.PrivateKey(private_key).sign_recoverable(digest, hasher=None)
+    the token require), by libsecp256k1 through coincurve. A ``coincurve.PrivateKey`` made
+    once signs many digests without deriving its public key each time."""
+    key = (
+        private_key
+        if isinstance(private_key, coincurve.PrivateKey)
+        else (coincurve.PrivateKey(private_key))
+    )
+    signature = key.sign_recoverable(digest, hasher=None)
     return signature[:64] + bytes([signature[64] + 27])
 
 
