@@ -9,7 +9,13 @@ class AutopayConfig(AppConfig):
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
         from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
-        from config.health import register_network_report, register_payment_check
+        from autopay.funding import relayers_health
+        from config.health import (
+            register_health_section,
+            register_network_report,
+            register_payment_check,
+        )
 
         register_payment_check(configuration_problems)
         register_network_report(networks_report)
+        register_health_section("relayers", relayers_health)

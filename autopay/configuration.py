@@ -11,6 +11,7 @@ from django.conf import settings
 from eth_account import Account
 from eth_utils import is_address
 
+from autopay.chain.relayer import relayer_keys
 from autopay.rails.x402_exact import FACILITATOR_CREDENTIALS_REFUSED
 from config.networks import network_registry
 from jobs.models import Job
@@ -41,15 +42,20 @@ def configuration_problems() -> list[str]:
     if not settings.X402_FACILITATOR_URL:
         for config in network_registry().values():
             where = "" if not settings.AUTOPAY_NETWORKS else f" of {config.network}"
-            if not config.relayer_private_key:
-                problems.append(
-                    f"relayer: RELAYER_PRIVATE_KEY{where} is not set (nobody can pay the gas)"
-                )
-                continue
-            try:
-                Account.from_key(config.relayer_private_key)
-            except (ValueError, TypeError):
-                problems.append(f"relayer: RELAYER_PRIVATE_KEY{where} is not a valid private key")
+            keys = relayer_keys(config)
+            name = (
+                "RELAYER_PRIVATE_KEYS"
+                if settings.RELAYER_PRIVATE_KEYS and config.network == settings.CHAIN_NETWORK
+                else "RELAYER_PRIVATE_KEY"
+            )
+            if not keys:
+                problems.append(f"relayer: {name}{where} is not set (nobody can pay the gas)")
+            for position, key in enumerate(keys, start=1):
+                try:
+                    Account.from_key(key)
+                except (ValueError, TypeError):
+                    which = f" (key {position})" if len(keys) > 1 else ""
+                    problems.append(f"relayer: {name}{where}{which} is not a valid private key")
     tokens = network_tokens()
     if not tokens:
         problems.append("token: no token is configured (TOKEN_ADDRESS or AUTOPAY_NETWORK_TOKENS)")

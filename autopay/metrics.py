@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from autopay.chain.status import networks_status
+from autopay.funding import relayer_funding
 from config.redis import get_redis
 from jobs.alerts import alerts_evaluate
 from jobs.analytics import OPERATOR_SCOPE
@@ -102,6 +103,7 @@ class AutopayCollector(Collector):
         yield from _alert_metrics()
         yield from _webhook_metrics()
         yield from _network_metrics()
+        yield from _relayer_metrics()
 
 
 def _alert_metrics() -> Iterator[Metric]:
@@ -293,6 +295,31 @@ def _redis_metrics() -> Iterator[Metric]:
             "Messages waiting in the Celery queue on the broker.",
             value=queue_length,
         )
+
+
+def _relayer_metrics() -> Iterator[Metric]:
+    """Each relayer's ETH balance (when the chain answers) and the /health threshold."""
+    try:
+        funding = relayer_funding()
+    except Exception:
+        logger.warning("metrics: relayer balances unavailable", exc_info=True)
+        return
+    if not funding:
+        return
+    balances = GaugeMetricFamily(
+        "autopay_relayer_balance_eth",
+        "ETH held by each relayer wallet (pays the gas of settlements).",
+        labels=["relayer"],
+    )
+    for relayer in funding:
+        if relayer.balance_eth is not None:
+            balances.add_metric([relayer.address], float(relayer.balance_eth))
+    yield balances
+    yield GaugeMetricFamily(
+        "autopay_relayer_min_balance_eth",
+        "RELAYER_MIN_BALANCE_ETH: below it /health answers 503.",
+        value=float(settings.RELAYER_MIN_BALANCE_ETH),
+    )
 
 
 def _redis_up(value: int) -> GaugeMetricFamily:

@@ -40,7 +40,7 @@ from autopay.dunning import dunning_schedule
 from config.sql import insert_lists
 from jobs.bulk import chunks, db_datetime, insert_jobs
 from jobs.models import Job
-from jobs.queue import jobs_mark_unpublished, publish_jobs
+from jobs.queue import jobs_mark_unpublished, publish_scheduled_jobs
 from jobs.services import job_data
 from subscriptions import periods
 from subscriptions.models import Payment, Subscription
@@ -197,7 +197,8 @@ def _scan_batches(
 
 def _publish(job_ids: list[str], summary: ScanSummary) -> int:
     try:
-        return publish_jobs(job_ids)
+        # In batches of AUTOPAY_SETTLEMENT_BATCH_SIZE jobs, each settled in one transaction.
+        return publish_scheduled_jobs(job_ids)
     except Exception:
         # The rows are committed (queued); the dispatcher publishes them once the broker is back.
         summary.publish_errors += 1

@@ -4,19 +4,27 @@ signature uploaded in advance (pre-signed: no key held at all)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import coincurve
 from django.core.exceptions import ImproperlyConfigured
 from eth_account import Account
 from eth_utils import to_checksum_address
 
 from autopay.authorizations import mismatch, stored_authorization
-from autopay.rails.authorization import TRANSFER_WITH_AUTHORIZATION_TYPES, TransferAuthorization
+from autopay.rails.authorization import (
+    TRANSFER_WITH_AUTHORIZATION_TYPES,
+    TransferAuthorization,
+    sign_digest,
+)
 from subscriptions.custody import KeyCustodyError, decrypt_private_key
 from subscriptions.errors import (
     AuthorizationCanceled,
     AuthorizationMissing,
     ConfigurationError,
+    PaymentError,
     SignerUnavailable,
 )
 from subscriptions.models import PayerWallet, Payment, PresignedAuthorization
@@ -136,3 +144,61 @@ def payment_signer(payment: Payment) -> AuthorizationSigner:
         owner_id=subscription.owner_id,
         payer_address=payment.payer_address,
     )
+
+
+@dataclass(frozen=True)
+class DigestToSign:
+    """One payment's EIP-712 digest, and whose key may sign it."""
+
+    wallet_id: int | None
+    owner_id: int
+    payer_address: str
+    digest: bytes
+
+
+def sign_digests(requests: Sequence[DigestToSign]) -> list[bytes | PaymentError]:
+    """The payers' 65-byte signatures of many digests (a batch), or each one's error.
+
+    The rule of ``signer_for_payment`` for each: the payment's wallet signs if, and only if,
+    it belongs to the subscription's owner and holds the payer's key; every wallet is loaded
+    in one query and each key decrypted once, only for this call.
+    """
+    wallet_ids = {request.wallet_id for request in requests if request.wallet_id is not None}
+    wallets = {
+        wallet.pk: wallet
+        for wallet in PayerWallet.objects.filter(pk__in=wallet_ids).only(
+            "pk", "owner_id", "address", "encrypted_private_key"
+        )
+    }
+    keys: dict[int, coincurve.PrivateKey | PaymentError] = {}
+    signatures: list[bytes | PaymentError] = []
+    for request in requests:
+        wallet = wallets.get(request.wallet_id) if request.wallet_id is not None else None
+        if wallet is None or wallet.owner_id != request.owner_id:
+            signatures.append(
+                SignerUnavailable(
+                    "no wallet of the subscription's owner is attached to this payment; "
+                    "nothing was signed"
+                )
+            )
+            continue
+        if wallet.address.lower() != request.payer_address.lower():
+            signatures.append(
+                SignerUnavailable("the attached wallet does not hold the payer's key")
+            )
+            continue
+        key = keys.get(wallet.pk)
+        if key is None:
+            try:
+                key = coincurve.PrivateKey(decrypt_private_key(wallet.encrypted_private_key))
+            except (ImproperlyConfigured, KeyCustodyError) as exc:
+                # The operator's key setup, not the customer's wallet: the job waits for a fix.
+                key = ConfigurationError(
+                    f"wallet key cannot be decrypted: {exc} (AUTOPAY_KEY_ENCRYPTION_KEYS)"
+                )
+            keys[wallet.pk] = key
+        signatures.append(
+            key if isinstance(key, PaymentError) else sign_digest(key, request.digest)
+        )
+    keys.clear()
+    return signatures

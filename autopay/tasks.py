@@ -12,7 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from autopay import engine, webhooks
+from autopay import batch, engine, webhooks
 from autopay.finality import payments_verify_finality
 from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
@@ -59,6 +59,59 @@ def process_autopay_job(self: Any, job_id: str) -> str:
         )
         raise self.retry(countdown=countdown, exc=exc) from exc
     return outcome.status
+
+
+@shared_task(bind=True, name="autopay.settle_batch", acks_late=True)
+def settle_batch(self: Any, job_ids: list[str]) -> dict[str, Any]:
+    """Settle a batch of scheduled payment jobs in one transaction, up to its broadcast; its
+    outcome is recorded by autopay.confirm_batch, queued as soon as the transaction is out."""
+
+    def confirm_later(sent: batch.SentBatch) -> None:
+        confirm_batch.apply_async(
+            kwargs={
+                "transaction_hash": sent.transaction_hash,
+                "job_ids": sent.job_ids,
+                "lease_owner": sent.lease_owner,
+                "deadline": sent.deadline,
+            }
+        )
+
+    report = batch.settle_jobs(
+        job_ids=job_ids,
+        worker_id=engine.worker_identity(self.request.id),
+        on_sent=confirm_later,
+    )
+    return report.as_dict()
+
+
+@shared_task(
+    bind=True,
+    name="autopay.confirm_batch",
+    acks_late=True,
+    max_retries=None,
+    # Recording races a manual trigger for a subscription's row now and then (a deadlock
+    # PostgreSQL breaks by aborting one side): recording again is harmless.
+    autoretry_for=(OperationalError,),
+    retry_backoff=1,
+    retry_jitter=True,
+)
+def confirm_batch(
+    self: Any, transaction_hash: str, job_ids: list[str], lease_owner: str, deadline: float
+) -> dict[str, Any]:
+    """Record a batch transaction's outcome per job once it is mined; look again after
+    AUTOPAY_BATCH_CONFIRM_POLL_SECONDS while it is not."""
+    report = batch.confirm_jobs(
+        transaction_hash=transaction_hash,
+        job_ids=job_ids,
+        lease_owner=lease_owner,
+        deadline=deadline,
+    )
+    if report.retry_in is not None:
+        # Every AUTOPAY_BATCH_CONFIRM_POLL_SECONDS for the first few looks, then at most once
+        # a second: a stalled chain does not turn every batch in flight into a message storm.
+        countdown = report.retry_in if self.request.retries < 8 else max(report.retry_in, 1.0)
+        raise self.retry(countdown=countdown)
+    return report.as_dict()
 
 
 @shared_task(bind=True, name="autopay.scan_due_subscriptions", acks_late=True, ignore_result=True)

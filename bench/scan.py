@@ -19,7 +19,7 @@ Finally it compares publishing rates: jobs.queue.publish_jobs as it is, and the 
 send_task loop inside kombu's Producer.batch() (Redis pipelining), on --publish-sample ids.
 
 Environment defaults (an existing variable wins): DATABASE_URL, REDIS_URL (db 14),
-DJANGO_SECRET_KEY, CELERY_QUEUE=autopay-bench.
+DJANGO_SECRET_KEY, CELERY_QUEUE=autopay-bench, AUTOPAY_SETTLEMENT_BATCH_SIZE=1.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ DEFAULT_ENV = {
     "DJANGO_SECRET_KEY": "bench",
     "CELERY_QUEUE": "autopay-bench",
     "LOG_LEVEL": "WARNING",
+    # One message per job, as when these figures were first taken (batches of 200 publish
+    # 200 times fewer messages; bench/settle.py measures that path end to end).
+    "AUTOPAY_SETTLEMENT_BATCH_SIZE": "1",
 }
 for _name, _value in DEFAULT_ENV.items():
     os.environ.setdefault(_name, _value)
@@ -391,8 +394,10 @@ def drain_queue() -> int:
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    length = int(client.llen(queue))
-    client.delete(queue)
+    # Single-job messages on the queue's own list, batch messages on their priority list.
+    names = [queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]
+    length = sum(int(client.llen(name)) for name in names)
+    client.delete(*names)
     return length
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -74,6 +75,16 @@ def _networks() -> dict[str, dict[str, object]]:
     return networks
 
 
+# Further parts of the answer the apps add (AppConfig.ready): name -> a check returning the
+# part's body and whether it is healthy (e.g. the engine's relayer funding).
+_sections: dict[str, Callable[[], tuple[dict[str, Any], bool]]] = {}
+
+
+def register_health_section(name: str, check: Callable[[], tuple[dict[str, Any], bool]]) -> None:
+    """Add a part ``name`` to /health; an unhealthy part makes the answer 503."""
+    _sections[name] = check
+
+
 def _payment_problems() -> list[str]:
     problems: list[str] = []
     for check in _payment_checks:
@@ -92,6 +103,14 @@ def health(request: HttpRequest) -> JsonResponse:
     redis_up = _redis_ok()
     problems = _payment_problems() if database else []
     healthy = database and redis_up and not problems
+    sections: dict[str, dict[str, Any]] = {}
+    for name, check in _sections.items():
+        try:
+            sections[name], section_healthy = check()
+        except Exception:
+            logger.warning("health: the %s check failed", name, exc_info=True)
+            sections[name], section_healthy = {"status": "unknown"}, True
+        healthy = healthy and section_healthy
     body: dict[str, object] = {
         "status": "healthy" if healthy else "unhealthy",
         "database": "connected" if database else "disconnected",
@@ -111,4 +130,5 @@ def health(request: HttpRequest) -> JsonResponse:
     networks = _networks()
     if networks:
         body["networks"] = networks
+    body.update(sections)
     return JsonResponse(body, status=200 if healthy else 503)

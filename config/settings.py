@@ -299,6 +299,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
 }
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="autopay")
+# Celery's Django fixup closes the database connection after every task unless this is set:
+# then a worker process keeps it for about twice this many tasks (the tasks still drop a
+# connection older than DATABASE_CONN_MAX_AGE or broken). Unset: a new connection per task.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=0) or None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -378,6 +382,12 @@ AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
 # Periods owed because the engine was down are charged oldest first, at most this many per
 # subscription; older ones are waived (recorded, never charged).
 AUTOPAY_MAX_MISSED_PERIODS = env.int("AUTOPAY_MAX_MISSED_PERIODS", default=3)
+# Scheduled work (the scan's and dunning's jobs) is published in batches of up to this many
+# job ids and settled in one aggregate3 transaction per batch; 1 turns batching off (one
+# message and one transaction per job). Manual triggers and retries are always single.
+AUTOPAY_SETTLEMENT_BATCH_SIZE = max(env.int("AUTOPAY_SETTLEMENT_BATCH_SIZE", default=200), 1)
+# How often a batch's confirmation is looked for while its transaction is not yet mined (s).
+AUTOPAY_BATCH_CONFIRM_POLL_SECONDS = env.float("AUTOPAY_BATCH_CONFIRM_POLL_SECONDS", default=0.25)
 
 # Dashboard and Prometheus alerts: the share of jobs finished in the last hour that failed
 # (judged once at least AUTOPAY_ALERT_MIN_FINISHED_JOBS finished), and the oldest waiting job.
@@ -416,6 +426,12 @@ CHAIN_FINALITY_BLOCKS = env.int("CHAIN_FINALITY_BLOCKS", default=12)
 CHAIN_CONFIRMATION_TIMEOUT_SECONDS = env.float("CHAIN_CONFIRMATION_TIMEOUT_SECONDS", default=60.0)
 CHAIN_RECEIPT_POLL_SECONDS = env.float("CHAIN_RECEIPT_POLL_SECONDS", default=0.05)
 TOKEN_ADDRESS = env.str("TOKEN_ADDRESS", default="")
+# The aggregate3 (Multicall3) contract batches are settled through: the canonical Multicall3,
+# deployed at this address on most networks; on a local chain the project's own (bin/run
+# deploys it).
+CHAIN_MULTICALL_ADDRESS = env.str(
+    "CHAIN_MULTICALL_ADDRESS", default="0xcA11bde05977b3631167028862bE2a173976CA11"
+)
 TOKEN_DECIMALS = env.int("TOKEN_DECIMALS", default=6)
 TOKEN_EIP712_NAME = env.str("TOKEN_EIP712_NAME", default="USD Coin")
 TOKEN_EIP712_VERSION = env.str("TOKEN_EIP712_VERSION", default="2")
@@ -432,6 +448,12 @@ AUTOPAY_NETWORK_TOKENS: dict[str, str] = {
 TOKEN_MINTER_PRIVATE_KEY = env.str("TOKEN_MINTER_PRIVATE_KEY", default="")
 # The gas-paying wallet of the in-process facilitator. No default: set it per environment.
 RELAYER_PRIVATE_KEY = env.str("RELAYER_PRIVATE_KEY", default="")
+# A pool of gas-paying wallets (comma-separated keys), each with its own nonce lock and
+# counter, so that batches go out in parallel; when set it replaces RELAYER_PRIVATE_KEY.
+RELAYER_PRIVATE_KEYS = [key.strip() for key in env.list("RELAYER_PRIVATE_KEYS", default=[])]
+RELAYER_PRIVATE_KEYS = [key for key in RELAYER_PRIVATE_KEYS if key]
+# /health answers 503 when a relayer holds less ETH than this (it could not pay for gas).
+RELAYER_MIN_BALANCE_ETH = Decimal(env.str("RELAYER_MIN_BALANCE_ETH", default="0.01"))
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
 # A settlement still pending this many blocks after it was sent is replaced (same nonce) with
 # fees raised by RELAYER_FEE_BUMP_PERCENT (at least 10 %), capped by RELAYER_MAX_FEE_GWEI.

@@ -1,17 +1,22 @@
-"""Jobs written in bulk (the scan and dunning): one INSERT per chunk, raw SQL for speed."""
+"""Jobs written in bulk: inserted by the scan and dunning (one INSERT per chunk), claimed,
+advanced and completed by batch settlement (one statement per step for the whole batch). The
+conditions are those of the single-job services: only one worker can claim a job, and only
+the lease holder can move it on."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
-from config.sql import insert_lists
+from config.sql import binary_cursor, insert_lists
 from jobs.models import Job
 
 
@@ -78,3 +83,143 @@ def insert_jobs(rows: list[tuple[Any, ...]], *, source: str, now: datetime) -> l
             cursor.execute(sql, params)
             job_ids.extend(str(uuid.UUID(str(value))) for (value,) in cursor.fetchall())
     return job_ids
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker now holds (status active, its lease)."""
+
+    id: str
+    payment_id: int
+    attempts_made: int
+    max_attempts: int
+
+
+def _id_list(job_ids: Sequence[Any]) -> tuple[str, list[Any]]:
+    """``IN (...)`` placeholders and parameters for job ids, as the backend stores uuids."""
+    ids = list(dict.fromkeys(uuid.UUID(str(job_id)) for job_id in job_ids))
+    values = ids if connection.vendor == "postgresql" else [job_id.hex for job_id in ids]
+    return ", ".join(["%s"] * len(values)), values
+
+
+def jobs_claim(*, job_ids: Sequence[Any], worker_id: str) -> list[ClaimedJob]:
+    """Claim, in one statement, every job of ``job_ids`` that ``job_claim`` would let this
+    worker claim (waiting or delayed, retry time come, attempts left): each becomes active
+    with this worker's lease and one more attempt. Jobs another worker holds or finished are
+    left out, so overlapping or duplicate batches never share a job."""
+    if not job_ids:
+        return []
+    now = timezone.now()
+    placeholders, ids = _id_list(job_ids)
+    lease = now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)
+    sql = (
+        f"UPDATE {Job._meta.db_table} SET status = %s, lease_owner = %s, "  # noqa: S608 (names from model meta)
+        "lease_expires_at = %s, attempts_made = attempts_made + 1, "
+        "started_at = COALESCE(started_at, %s), next_attempt_at = NULL, updated_at = %s "
+        f"WHERE id IN ({placeholders}) AND status IN (%s, %s) "
+        "AND attempts_made < max_attempts "
+        "AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
+        "RETURNING id, payment_id, attempts_made, max_attempts"
+    )
+    params = [
+        Job.Status.ACTIVE,
+        worker_id,
+        db_datetime(lease),
+        db_datetime(now),
+        db_datetime(now),
+        *ids,
+        Job.Status.WAITING,
+        Job.Status.DELAYED,
+        db_datetime(now + timedelta(seconds=1)),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    claimed = {
+        str(uuid.UUID(str(job_id))): ClaimedJob(
+            str(uuid.UUID(str(job_id))), payment_id, attempts, max_attempts
+        )
+        for job_id, payment_id, attempts, max_attempts in rows
+    }
+    # In the order asked for: the batch settles (and logs) in its message's order.
+    return [
+        claimed[key]
+        for key in dict.fromkeys(str(uuid.UUID(str(i))) for i in job_ids)
+        if key in claimed
+    ]
+
+
+def jobs_held(*, job_ids: Sequence[Any], worker_id: str) -> set[str]:
+    """Which of ``job_ids`` this worker still holds (active, its lease)."""
+    return {
+        str(job_id)
+        for job_id in Job.objects.filter(
+            pk__in=list(job_ids), status=Job.Status.ACTIVE, lease_owner=worker_id
+        ).values_list("pk", flat=True)
+    }
+
+
+def jobs_progress(
+    *, job_ids: Sequence[Any], worker_id: str, progress: int, extend_lease: bool = True
+) -> set[str]:
+    """``job_progress`` for many jobs in one statement: record progress (and extend the lease)
+    of those this worker still holds; returns their ids (the others were taken back).
+
+    ``extend_lease=False`` for a step right after the claim, whose lease is still fresh: the
+    row then changes no indexed column, and PostgreSQL can update it in place (HOT).
+    """
+    ids = list(dict.fromkeys(str(job_id) for job_id in job_ids))
+    if not ids:
+        return set()
+    now = timezone.now()
+    lease = (
+        {"lease_expires_at": now + timedelta(seconds=settings.AUTOPAY_JOB_LEASE_SECONDS)}
+        if extend_lease
+        else {}
+    )
+    updated = Job.objects.filter(
+        pk__in=ids, status=Job.Status.ACTIVE, lease_owner=worker_id
+    ).update(progress=progress, updated_at=now, **lease)
+    if updated == len(ids):
+        return set(ids)
+    return jobs_held(job_ids=ids, worker_id=worker_id)
+
+
+def jobs_complete(*, results: dict[str, dict[str, Any]], worker_id: str) -> set[str]:
+    """``job_complete`` for many jobs, each with its own result, in one statement on
+    PostgreSQL; returns the ids completed (those this worker still held)."""
+    if not results:
+        return set()
+    now = timezone.now()
+    table = Job._meta.db_table
+    if connection.vendor == "postgresql":
+        sql = (
+            f"UPDATE {table} AS job SET status = %b, progress = 100, "  # noqa: S608 (names from model meta)
+            "result = v.result::jsonb, error_code = '', error = '', finished_at = %b, "
+            "lease_owner = '', lease_expires_at = NULL, updated_at = %b "
+            "FROM unnest(%b::uuid[], %b::text[]) AS v(id, result) "
+            "WHERE job.id = v.id AND job.status = %b AND job.lease_owner = %b "
+            "RETURNING job.id"
+        )
+        ids = [uuid.UUID(job_id) for job_id in results]
+        texts = [json.dumps(result) for result in results.values()]
+        with binary_cursor() as cursor:
+            cursor.execute(
+                sql, [Job.Status.COMPLETED, now, now, ids, texts, Job.Status.ACTIVE, worker_id]
+            )
+            return {str(row[0]) for row in cursor.fetchall()}
+    completed = set()
+    for job_id, result in results.items():
+        if Job.objects.filter(pk=job_id, status=Job.Status.ACTIVE, lease_owner=worker_id).update(
+            status=Job.Status.COMPLETED,
+            progress=100,
+            result=result,
+            error_code="",
+            error="",
+            finished_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+            updated_at=now,
+        ):
+            completed.add(job_id)
+    return completed

@@ -25,6 +25,7 @@ _KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 _KOMBU_PRIORITY_STEPS = (3, 6, 9)
 
 PROCESS_TASK = "autopay.process_autopay_job"
+SETTLE_BATCH_TASK = "autopay.settle_batch"
 # Messages buffered per Redis round trip (one pipelined LPUSH batch).
 PUBLISH_BATCH_SIZE = 1000
 # A publish fails fast when the broker is unreachable (kombu's default retries forever): the
@@ -35,6 +36,11 @@ PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+
+# Batch messages (scheduled work) wait on a list of their own that workers read after the
+# default one: a manual trigger, a retry or a batch's confirmation is never stuck behind a
+# backlog of a million scheduled payments. (kombu's Redis priorities: 0, the default, first.)
+BATCH_PRIORITY = _KOMBU_PRIORITY_STEPS[0]
 
 
 def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = None) -> int:
@@ -80,6 +86,34 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
             )
             published += 1
     return published
+
+
+def publish_scheduled_jobs(job_ids: Iterable[UUID | str]) -> int:
+    """Publish scheduled work (the scan's and dunning's jobs): one settle-batch message per
+    AUTOPAY_SETTLEMENT_BATCH_SIZE job ids, or one process message per job when that is 1.
+    Returns the number of jobs published."""
+    ids = [str(job_id) for job_id in job_ids]
+    size = settings.AUTOPAY_SETTLEMENT_BATCH_SIZE
+    if size <= 1:
+        return publish_jobs(ids)
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            task_id = str(uuid.uuid4())
+            message = app.amqp.as_task_v2(task_id, SETTLE_BATCH_TASK, args=(chunk,))
+            producer.publish(
+                message.body,
+                exchange="",
+                routing_key=queue,
+                serializer="json",
+                headers=message.headers,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+                priority=BATCH_PRIORITY,
+                **message.properties,
+            )
+    return len(ids)
 
 
 def publish_jobs_on_commit(job_ids: Iterable[UUID | str]) -> None:
@@ -152,3 +186,28 @@ def broker_queue_length(*, timeout: float = 1.0) -> int | None:
     except Exception:
         logger.warning("broker queue length unavailable", exc_info=True)
         return None
+
+
+def broker_queued_jobs(*, timeout: float = 1.0) -> int | None:
+    """About how many jobs wait on the broker: one per message, except batch messages, which
+    count AUTOPAY_SETTLEMENT_BATCH_SIZE each (an upper bound); None when not measurable."""
+    if not broker_is_redis():
+        return None
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    names = [queue] + [
+        f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}" for step in _KOMBU_PRIORITY_STEPS
+    ]
+    weights = [
+        settings.AUTOPAY_SETTLEMENT_BATCH_SIZE if step == BATCH_PRIORITY else 1
+        for step in (0, *_KOMBU_PRIORITY_STEPS)
+    ]
+    try:
+        client = get_redis(timeout=timeout, url=settings.CELERY_BROKER_URL)
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.llen(name)
+            lengths = pipe.execute()
+    except Exception:
+        logger.warning("broker queue length unavailable", exc_info=True)
+        return None
+    return sum(int(length) * weight for length, weight in zip(lengths, weights, strict=True))

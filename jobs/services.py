@@ -21,7 +21,7 @@ from config.errors import StateConflict
 from jobs.api.serializers import JobStatusSerializer
 from jobs.models import Job, JobAttempt
 from jobs.queue import (
-    broker_queue_length,
+    broker_queued_jobs,
     publish_jobs_on_commit,
     publish_or_mark_unpublished,
 )
@@ -560,7 +560,8 @@ def _mark_lost_messages(*, now: datetime, batch_size: int) -> int:
     stale = Job.objects.filter(
         status__in=[Job.Status.WAITING, Job.Status.DELAYED], enqueued_at__lt=stale_before
     )
-    queued = broker_queue_length()
+    # Jobs waiting on the broker, a batch message counting each of its jobs.
+    queued = broker_queued_jobs()
     if queued is not None and stale.order_by()[: queued + 1].count() <= queued:
         return 0
     ids = list(stale.order_by("enqueued_at").values_list("pk", flat=True)[:batch_size])

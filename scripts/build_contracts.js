@@ -17,7 +17,10 @@ const ROOT = path.resolve(__dirname, '..');
 const OUT_DIR = path.join(ROOT, 'autopay', 'devtools', 'artifacts');
 
 // One entry per deployable contract: [source file relative to the repo root, contract name].
-const CONTRACTS = [['contracts/AutoPayUSD.sol', 'AutoPayUSD']];
+const CONTRACTS = [
+  ['contracts/AutoPayUSD.sol', 'AutoPayUSD'],
+  ['contracts/AutoPayMulticall.sol', 'AutoPayMulticall'],
+];
 
 // Pinned compiler settings. Changing any of these changes the bytecode: rebuild and commit.
 const EVM_VERSION = 'cancun';

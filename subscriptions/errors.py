@@ -77,6 +77,13 @@ class SettlementUnconfirmed(SettlementPending):
         self.deadline = deadline
 
 
+class BatchItemFailed(TransientPaymentError):
+    """The payment's call failed inside a batch settlement transaction (or the batch did not
+    land): the next attempt asks the chain and, if it is still unpaid, pays it alone."""
+
+    code = "batch_item_failed"
+
+
 class ConfigurationError(TransientPaymentError):
     """The operator's configuration stops payments (encryption key, relayer key, token,
     facilitator credentials). Never the customer's fault: the job waits, its attempts

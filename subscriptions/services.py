@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Least
 from django.utils import timezone
 from eth_account import Account
 
@@ -501,6 +504,77 @@ def payment_await_settlement(*, payment: Payment, code: str, message: str) -> Pa
         locked.error_message = message[:2000]
         locked.save(update_fields=["status", "error_code", "error_message", "updated_at"])
     return locked
+
+
+def payments_record_success(
+    *, payments: Sequence[Payment], transaction_hash: str, block_number: int | None
+) -> int:
+    """``payment_record_success`` for many payments settled by one transaction, in three
+    statements whatever their number: the payments completed, their subscriptions' next due
+    times moved on (and their cursors, should one be behind), past-due subscriptions with
+    nothing failed left active again. Returns how many payments this call completed (one
+    already completed is left as it was)."""
+    if not payments:
+        return 0
+    now = timezone.now()
+    last_paid: dict[int, int] = {}
+    for payment in payments:
+        index = payment.period_index
+        last_paid[payment.subscription_id] = max(
+            index, last_paid.get(payment.subscription_id, index)
+        )
+    subscription_ids = sorted(last_paid)
+    with transaction.atomic():
+        # Subscriptions first, in id order (the order a manual trigger takes them in, before
+        # their payments): the two never wait for each other in a circle.
+        locked = list(
+            Subscription.objects.select_for_update(
+                no_key=connection.features.has_select_for_no_key_update
+            )
+            .filter(pk__in=subscription_ids)
+            .order_by("pk")
+            .values_list("pk", "next_period_index", "status")
+        )
+        completed = (
+            Payment.objects.filter(pk__in=[payment.pk for payment in payments])
+            .exclude(status=Payment.Status.COMPLETED)
+            .update(
+                status=Payment.Status.COMPLETED,
+                transaction_hash=transaction_hash,
+                block_number=block_number,
+                error_code="",
+                error_message="",
+                completed_at=now,
+                updated_at=now,
+            )
+        )
+        # The scan and triggers move a cursor past each payment they create: rarely behind.
+        behind = [pk for pk, cursor, _ in locked if cursor <= last_paid[pk]]
+        for subscription in Subscription.objects.filter(pk__in=behind):
+            _advance_cursor(subscription, past_index=last_paid[subscription.pk])
+        if any(status == Subscription.Status.PAST_DUE for _, _, status in locked):
+            failed = Payment.objects.filter(
+                subscription=OuterRef("pk"), status=Payment.Status.FAILED
+            )
+            Subscription.objects.filter(
+                pk__in=subscription_ids, status=Subscription.Status.PAST_DUE
+            ).exclude(Exists(failed)).update(
+                status=Subscription.Status.ACTIVE,
+                dunning_attempts=0,
+                dunning_next_retry_at=None,
+                updated_at=now,
+            )
+        earliest_open = (
+            Payment.objects.filter(subscription=OuterRef("pk"))
+            .exclude(status__in=SETTLED_STATUSES)
+            .order_by("period_start")
+            .values("period_start")[:1]
+        )
+        cursor_due = F("next_period_due_at")
+        Subscription.objects.filter(pk__in=subscription_ids).update(
+            next_payment_due_at=Coalesce(Least(Subquery(earliest_open), cursor_due), cursor_due)
+        )
+    return completed
 
 
 def payment_record_failure(*, payment: Payment, code: str, message: str) -> Payment:

@@ -96,13 +96,16 @@ def relayer_key() -> str:
 
 
 @pytest.fixture(scope="session")
-def chain_env(anvil: Any, token_address: str, relayer_key: str) -> dict[str, str]:
+def chain_env(
+    anvil: Any, token_address: str, relayer_key: str, multicall_address: str
+) -> dict[str, str]:
     """Environment that points the engine (in-process or in a worker) at the test chain."""
     return {
         "CHAIN_RPC_URL": anvil.rpc_url,
         "CHAIN_ID": "31337",
         "CHAIN_NETWORK": "eip155:31337",
         "TOKEN_ADDRESS": token_address,
+        "CHAIN_MULTICALL_ADDRESS": multicall_address,
         "RELAYER_PRIVATE_KEY": relayer_key,
         "AUTOPAY_PAYMENT_RAIL": "x402",
     }
@@ -115,6 +118,7 @@ def engine_settings(settings: Any, chain_env: dict[str, str], clean_redis: Any) 
     settings.CHAIN_ID = 31337
     settings.CHAIN_NETWORK = "eip155:31337"
     settings.TOKEN_ADDRESS = chain_env["TOKEN_ADDRESS"]
+    settings.CHAIN_MULTICALL_ADDRESS = chain_env["CHAIN_MULTICALL_ADDRESS"]
     settings.RELAYER_PRIVATE_KEY = chain_env["RELAYER_PRIVATE_KEY"]
     settings.AUTOPAY_PAYMENT_RAIL = "x402"
     from autopay.chain import relayer

@@ -39,3 +39,40 @@ EIP712_DOMAIN_TYPEHASH = keccak(
 
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
 TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+
+# transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s): the
+# EIP-3009 overload every USDC version has.
+TRANSFER_WITH_AUTHORIZATION_SELECTOR = keccak(
+    text="transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,"
+    "bytes32,bytes32)"
+)[:4]
+
+
+def encode_transfer_with_authorization(
+    *,
+    payer: str,
+    recipient: str,
+    value: int,
+    valid_after: int,
+    valid_before: int,
+    nonce: bytes,
+    signature: bytes,
+) -> bytes:
+    """Calldata of ``transferWithAuthorization`` (v, r, s) for a 65-byte r‖s‖v signature;
+    nine static words, written out (a batch encodes hundreds)."""
+    if len(signature) != 65 or len(nonce) != 32:
+        raise ValueError("a 65-byte signature and a 32-byte nonce are required")
+    return b"".join(
+        [
+            TRANSFER_WITH_AUTHORIZATION_SELECTOR,
+            bytes(12) + bytes.fromhex(payer.removeprefix("0x")),
+            bytes(12) + bytes.fromhex(recipient.removeprefix("0x")),
+            value.to_bytes(32, "big"),
+            valid_after.to_bytes(32, "big"),
+            valid_before.to_bytes(32, "big"),
+            nonce,
+            signature[64].to_bytes(32, "big"),
+            signature[:32],
+            signature[32:64],
+        ]
+    )

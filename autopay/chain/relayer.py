@@ -12,8 +12,10 @@ right after the send can be reconciled.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -38,7 +40,7 @@ from autopay.chain.client import (
     rpc_error,
     token_balance,
 )
-from config.networks import active_network
+from config.networks import NetworkConfig, active_network
 from config.redis import get_redis
 from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentError
 
@@ -300,18 +302,25 @@ class Relayer:
         self._fee_cache = (now, max_fee, priority)
         return max_fee, priority
 
-    def send_call(self, *, to: str, data: str, attempts: int = 4) -> str:
-        """Simulate, price, sign and broadcast a call; return its transaction hash."""
-        request = {"from": self.address, "to": to, "data": data}
-        try:
-            gas = int(self._rpc(self._w3.eth.estimate_gas, request))
-        except ContractLogicError as exc:
-            # Simulation failed: nothing is broadcast.
-            raise RevertedCall(_revert_text(exc)) from exc
-        except Web3RPCError as exc:
-            raise RelayerError(f"gas estimate refused by the node: {exc}") from exc
+    def send_call(
+        self, *, to: str, data: str, attempts: int = 4, gas_limit: int | None = None
+    ) -> str:
+        """Simulate, price, sign and broadcast a call; return its transaction hash.
+
+        With ``gas_limit`` the caller has simulated the call itself (a batch, whose eth_call
+        already gave each item's outcome) and no gas estimate is made.
+        """
+        if gas_limit is None:
+            request = {"from": self.address, "to": to, "data": data}
+            try:
+                gas = int(self._rpc(self._w3.eth.estimate_gas, request))
+            except ContractLogicError as exc:
+                # Simulation failed: nothing is broadcast.
+                raise RevertedCall(_revert_text(exc)) from exc
+            except Web3RPCError as exc:
+                raise RelayerError(f"gas estimate refused by the node: {exc}") from exc
+            gas_limit = gas + gas // 5 + 5_000
         max_fee, priority = self._fees()
-        gas_limit = gas + gas // 5 + 5_000
         for attempt in range(attempts):
             try:
                 return self._sign_and_send(
@@ -566,19 +575,34 @@ class Relayer:
         return replacement
 
 
-_relayers: dict[tuple[str, str, str], Relayer] = {}
+_relayers: dict[tuple[str, str, str, str], Relayer] = {}
 _relayers_lock = threading.Lock()
+_turn = itertools.count(random.randrange(1024))
+
+
+def relayer_keys(network: NetworkConfig | None = None) -> list[str]:
+    """The relayer pool of ``network`` (default: the one being paid on): on the default chain
+    RELAYER_PRIVATE_KEYS when set, else the network's one relayer key."""
+    network = network or active_network()
+    if settings.RELAYER_PRIVATE_KEYS and network.network == settings.CHAIN_NETWORK:
+        return list(dict.fromkeys(settings.RELAYER_PRIVATE_KEYS))
+    return [network.relayer_private_key] if network.relayer_private_key else []
 
 
 def get_relayer() -> Relayer:
-    """The process's relayer for the network being paid on (its relayer key, default
-    RELAYER_PRIVATE_KEY)."""
+    """A relayer of the network being paid on, each call the next key of its pool in turn,
+    so that a process's settlements spread over every key (each key has its own nonce lock)."""
     network = active_network()
-    if not network.relayer_private_key:
+    keys = relayer_keys(network)
+    if not keys:
         raise ImproperlyConfigured(
             f"RELAYER_PRIVATE_KEY is not set for {network.network}; the facilitator cannot pay gas."
         )
-    cache_key = (network.network, network.rpc_url, threading.current_thread().name)
+    return _relayer_for(network, keys[next(_turn) % len(keys)])
+
+
+def _relayer_for(network: NetworkConfig, private_key: str) -> Relayer:
+    cache_key = (network.network, network.rpc_url, threading.current_thread().name, private_key)
     with _relayers_lock:
         relayer = _relayers.get(cache_key)
         if relayer is None:
@@ -588,7 +612,7 @@ def get_relayer() -> Relayer:
                 else None
             )
             relayer = Relayer(
-                private_key=network.relayer_private_key,
+                private_key=private_key,
                 w3=get_web3(network.rpc_url),
                 redis_client=get_redis(),
                 chain_id=network.chain_id,

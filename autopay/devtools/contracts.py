@@ -127,6 +127,22 @@ def deploy_token(
     return Web3.to_checksum_address(address)
 
 
+def deploy_multicall(
+    w3: Web3, deployer_private_key: str | bytes, *, timeout: float = 60.0
+) -> ChecksumAddress:
+    """Deploy AutoPayMulticall (Multicall3's ``aggregate3``) and return its address: the
+    batch settlement's entry point on a local chain (CHAIN_MULTICALL_ADDRESS)."""
+    artifact = load_artifact("AutoPayMulticall")
+    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    deployer = Account.from_key(deployer_private_key)
+    tx = factory.constructor().build_transaction(_base_tx(w3, deployer.address))
+    receipt = sign_and_send(w3, deployer_private_key, tx, timeout=timeout)
+    address = receipt.get("contractAddress")
+    if not address:
+        raise ChainTransactionError("deployment receipt has no contractAddress")
+    return Web3.to_checksum_address(address)
+
+
 def token_contract(w3: Web3, address: str) -> Contract:
     """A web3 contract object for the AutoPayUSD (or any USDC-compatible) token at ``address``."""
     abi = load_artifact("AutoPayUSD")["abi"]

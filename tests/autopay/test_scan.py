@@ -367,8 +367,47 @@ def test_scan_job_data_matches_the_engine_snapshot(user: Any, amount: str) -> No
         assert job.data == job_snapshot(job.payment)
 
 
+def _messages(redis_client: Any, name: str) -> list[tuple[str, list[Any]]]:
+    """(task name, args) of each message on a broker list."""
+    messages = []
+    for raw in redis_client.lrange(name, 0, -1):
+        message = json.loads(raw)
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert kwargs == {}
+        messages.append((message["headers"]["task"], args))
+    return messages
+
+
 @pytest.mark.django_db(transaction=True)
-def test_scan_publishes_one_message_per_job(user: Any, clean_redis: Any) -> None:
+def test_scan_publishes_batches_of_job_ids(user: Any, clean_redis: Any, settings: Any) -> None:
+    settings.AUTOPAY_SETTLEMENT_BATCH_SIZE = 4
+    now = timezone.now()
+    make_subscriptions(user, 3, anchor=now - timedelta(minutes=5))
+    make_subscriptions(user, 1, anchor=now - 2 * DAY, interval_unit=Subscription.IntervalUnit.DAY)
+
+    summary = scan_due(now=now, batch_size=5)
+
+    job_ids = {str(pk) for pk in Job.objects.values_list("pk", flat=True)}
+    assert len(job_ids) == 6
+    assert summary.jobs_created == summary.jobs_published == 6
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+    # Scheduled batches wait on their own (lower-priority) list, after single messages.
+    assert clean_redis.llen(queue) == 0
+    messages = _messages(clean_redis, f"{queue}\x06\x163")
+    assert {task for task, _ in messages} == {"autopay.settle_batch"}
+    batches = [args[0] for _, args in messages]
+    assert all(len(ids) <= 4 for ids in batches)
+    assert sorted(job_id for ids in batches for job_id in ids) == sorted(job_ids)
+    from jobs.queue import broker_queued_jobs
+
+    assert broker_queued_jobs() == 4 * len(batches), "a batch message counts its size"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_size_one_publishes_one_message_per_job(
+    user: Any, clean_redis: Any, settings: Any
+) -> None:
+    settings.AUTOPAY_SETTLEMENT_BATCH_SIZE = 1
     now = timezone.now()
     make_subscriptions(user, 3, anchor=now - timedelta(minutes=5))
     make_subscriptions(user, 1, anchor=now - 2 * DAY, interval_unit=Subscription.IntervalUnit.DAY)
@@ -379,15 +418,10 @@ def test_scan_publishes_one_message_per_job(user: Any, clean_redis: Any) -> None
     assert len(job_ids) == 6
     assert summary.jobs_created == summary.jobs_published == 6
     queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
-    messages = [json.loads(raw) for raw in clean_redis.lrange(queue, 0, -1)]
+    messages = _messages(clean_redis, queue)
     assert len(messages) == 6
-    assert {message["headers"]["task"] for message in messages} == {"autopay.process_autopay_job"}
-    published = set()
-    for message in messages:
-        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        assert kwargs == {}
-        published.add(args[0])
-    assert published == job_ids
+    assert {task for task, _ in messages} == {"autopay.process_autopay_job"}
+    assert {args[0] for _, args in messages} == job_ids
 
     # A second scan has nothing new to publish.
     clean_redis.delete(queue)

@@ -16,7 +16,7 @@ from web3.contract import Contract
 from web3.types import RPCEndpoint
 
 from autopay.devtools.anvil import ANVIL_DEV_KEYS, AnvilProcess, ensure_node_modules
-from autopay.devtools.contracts import deploy_token, mint, token_contract
+from autopay.devtools.contracts import deploy_multicall, deploy_token, mint, token_contract
 
 #: Default amount minted by ``funded_account``: 1,000 tokens of 6 decimals.
 DEFAULT_FUNDING_ATOMIC = 1_000 * 10**6
@@ -57,6 +57,12 @@ def relayer(w3: Web3) -> LocalAccount:
 def token_address(w3: Web3, deployer: LocalAccount) -> ChecksumAddress:
     """AutoPayUSD ("USD Coin"/"USDC", EIP-712 version "2") deployed once per session."""
     return deploy_token(w3, deployer.key)
+
+
+@pytest.fixture(scope="session")
+def multicall_address(w3: Web3, deployer: LocalAccount) -> ChecksumAddress:
+    """AutoPayMulticall (Multicall3's aggregate3), which batches are settled through."""
+    return deploy_multicall(w3, deployer.key)
 
 
 @pytest.fixture(scope="session")

@@ -292,3 +292,90 @@ def test_pause_does_not_undo_a_concurrent_cancel() -> None:
         services.subscription_pause(subscription=stale)
 
     assert Subscription.objects.get(pk=subscription.pk).status == Subscription.Status.CANCELED
+
+
+# --- recording many settlements at once (the batch path) ----------------------------------------
+
+
+def _twin_scenarios(anchor: Any) -> list[tuple[Subscription, Payment]]:
+    """Subscriptions in the states a settlement meets, each with the payment it settles:
+    active and up to date; past due with another failed period still owed; past due with
+    nothing else owed; a cursor left behind the paid period."""
+    scenarios = []
+    for kind in ("active", "past_due_owing", "past_due_clear", "behind"):
+        subscription = SubscriptionFactory.create(
+            billing_anchor=anchor,
+            interval_unit=Subscription.IntervalUnit.DAY,
+            next_payment_due_at=anchor,
+            next_period_due_at=anchor,
+        )
+        if kind == "past_due_owing":
+            failed = services.payment_build(subscription=subscription, index=0)
+            failed.status = Payment.Status.FAILED
+            failed.save()
+        paid_index = 1 if kind == "past_due_owing" else 0
+        payment = services.payment_build(subscription=subscription, index=paid_index)
+        payment.status = Payment.Status.SUBMITTED
+        payment.save()
+        cursor = paid_index if kind == "behind" else paid_index + 1
+        Subscription.objects.filter(pk=subscription.pk).update(
+            next_period_index=cursor,
+            next_period_due_at=subscription.period_start(cursor),
+            status=Subscription.Status.PAST_DUE
+            if kind.startswith("past_due")
+            else Subscription.Status.ACTIVE,
+            dunning_attempts=2 if kind.startswith("past_due") else 0,
+            dunning_next_retry_at=anchor + timedelta(days=5)
+            if kind.startswith("past_due")
+            else None,
+        )
+        scenarios.append((subscription, payment))
+    return scenarios
+
+
+@pytest.mark.django_db
+def test_recording_many_settlements_at_once_does_what_recording_each_does() -> None:
+    anchor = timezone.now() - timedelta(days=3)
+    one_by_one = _twin_scenarios(anchor)
+    at_once = _twin_scenarios(anchor)
+
+    for _, payment in one_by_one:
+        services.payment_record_success(payment=payment, transaction_hash="0xaa", block_number=7)
+    completed = services.payments_record_success(
+        payments=[Payment.objects.get(pk=payment.pk) for _, payment in at_once],
+        transaction_hash="0xbb",
+        block_number=8,
+    )
+
+    assert completed == 4
+    fields = (
+        "status",
+        "next_period_index",
+        "next_period_due_at",
+        "next_payment_due_at",
+        "dunning_attempts",
+        "dunning_next_retry_at",
+    )
+    for (single, _), (bulk, _) in zip(one_by_one, at_once, strict=True):
+        single.refresh_from_db()
+        bulk.refresh_from_db()
+        assert [getattr(bulk, name) for name in fields] == [
+            getattr(single, name) for name in fields
+        ]
+    statuses = [subscription.status for subscription, _ in at_once]
+    assert statuses == ["active", "past_due", "active", "active"]
+    for _, payment in at_once:
+        payment.refresh_from_db()
+        assert (payment.status, payment.transaction_hash, payment.block_number) == (
+            Payment.Status.COMPLETED,
+            "0xbb",
+            8,
+        )
+    # Recording again changes nothing: a completed payment keeps its transaction.
+    assert (
+        services.payments_record_success(
+            payments=[payment for _, payment in at_once], transaction_hash="0xcc", block_number=9
+        )
+        == 0
+    )
+    assert set(Payment.objects.filter(transaction_hash="0xcc")) == set()
