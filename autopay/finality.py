@@ -30,8 +30,12 @@ def payments_verify_finality(*, batch_size: int = 200) -> dict[str, int]:
     now, and those whose block no longer exists (beyond the head after a rollback): finalize,
     follow or settle them again."""
     summary = {"finalized": 0, "moved": 0, "reorged": 0}
+    # The default chain's payments: a payment on another network (AUTOPAY_NETWORKS) is not
+    # followed to finality yet (its head and receipts are on another chain).
     unfinal = Payment.objects.filter(
-        status=Payment.Status.COMPLETED, finalized_at__isnull=True
+        status=Payment.Status.COMPLETED,
+        finalized_at__isnull=True,
+        network=settings.CHAIN_NETWORK,
     ).exclude(transaction_hash="")
     if not unfinal.exists():
         return summary
