@@ -92,7 +92,9 @@ def _scheduled_job_ids() -> list[str]:
 
 
 def _used_in(w3: Web3, tx_hash: str) -> int:
-    receipt = w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+    # Mined at once with automine, but another test of the session may have left the chain
+    # mining on an interval: wait for the receipt rather than read it.
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)  # type: ignore[arg-type]
     return sum(
         1 for log in receipt["logs"] if "0x" + log["topics"][0].hex() == AUTHORIZATION_USED_TOPIC
     )
