@@ -24,20 +24,17 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from autopay.dunning import dunning_schedule
-from config.sql import insert_lists
+from config.sql import binary_cursor, insert_lists
 from jobs.bulk import chunks, db_datetime, insert_jobs
 from jobs.models import Job
 from jobs.queue import jobs_mark_unpublished, publish_scheduled_jobs
@@ -251,7 +248,7 @@ def _lock_due_batch_postgresql(
         columns=", ".join(_DueRow._fields), subscription_table=Subscription._meta.db_table
     )
     after_due, after_id = after or _BEFORE_ANY
-    with _binary_cursor() as cursor:
+    with binary_cursor() as cursor:
         cursor.execute(
             sql, {"now": now, "after_due": after_due, "after_id": after_id, "limit": limit}
         )
@@ -427,7 +424,7 @@ def _write_batch_postgresql(
     )
     subscription_ids, indexes, starts, ends, data, statuses = zip(*new_payments, strict=True)
     cursor_ids, cursor_indexes, cursor_dues = zip(*cursors, strict=True)
-    with _binary_cursor() as cursor:
+    with binary_cursor() as cursor:
         cursor.execute(
             sql,
             {
@@ -447,26 +444,6 @@ def _write_batch_postgresql(
         )
         payments_created, job_ids, waived_ids = cursor.fetchone()
     return int(payments_created), list(job_ids or []), list(waived_ids or [])
-
-
-@contextmanager
-def _binary_cursor() -> Iterator[Any]:
-    """A cursor on Django's connection (same transaction, same execute wrappers and query log)
-    that binds parameters on the server and moves parameters and results in binary: Django's
-    default client-side binding spends more time formatting thousand-element arrays as text
-    (and parsing timestamps back) than PostgreSQL spends on the batch."""
-    connection.ensure_connection()
-    raw: Any = psycopg.Cursor(connection.connection)
-    raw.format = psycopg.pq.Format.BINARY
-    wrapped = (
-        connection.make_debug_cursor(raw)
-        if connection.queries_logged
-        else connection.make_cursor(raw)
-    )
-    try:
-        yield wrapped
-    finally:
-        raw.close()
 
 
 def _write_batch_portable(
