@@ -509,11 +509,11 @@ def payment_await_settlement(*, payment: Payment, code: str, message: str) -> Pa
 def payments_record_success(
     *, payments: Sequence[Payment], transaction_hash: str, block_number: int | None
 ) -> int:
-    """``payment_record_success`` for many payments settled by one transaction, in three
+    """``payment_record_success`` for many payments settled by one transaction, in a few
     statements whatever their number: the payments completed, their subscriptions' next due
     times moved on (and their cursors, should one be behind), past-due subscriptions with
-    nothing failed left active again. Returns how many payments this call completed (one
-    already completed is left as it was)."""
+    nothing failed left active again, a payment.succeeded event for each payment this call
+    completed (one already completed is left as it was). Returns how many it completed."""
     if not payments:
         return 0
     now = timezone.now()
@@ -533,26 +533,29 @@ def payments_record_success(
             )
             .filter(pk__in=subscription_ids)
             .order_by("pk")
-            .values_list("pk", "next_period_index", "status")
+            .values_list("pk", "next_period_index", "status", "owner_id")
         )
-        completed = (
-            Payment.objects.filter(pk__in=[payment.pk for payment in payments])
+        newly_completed = list(
+            Payment.objects.select_for_update()
+            .filter(pk__in=[payment.pk for payment in payments])
             .exclude(status=Payment.Status.COMPLETED)
-            .update(
-                status=Payment.Status.COMPLETED,
-                transaction_hash=transaction_hash,
-                block_number=block_number,
-                error_code="",
-                error_message="",
-                completed_at=now,
-                updated_at=now,
-            )
+            .order_by("pk")
+            .values_list("pk", "subscription_id")
+        )
+        completed = Payment.objects.filter(pk__in=[pk for pk, _ in newly_completed]).update(
+            status=Payment.Status.COMPLETED,
+            transaction_hash=transaction_hash,
+            block_number=block_number,
+            error_code="",
+            error_message="",
+            completed_at=now,
+            updated_at=now,
         )
         # The scan and triggers move a cursor past each payment they create: rarely behind.
-        behind = [pk for pk, cursor, _ in locked if cursor <= last_paid[pk]]
+        behind = [pk for pk, cursor, _, _ in locked if cursor <= last_paid[pk]]
         for subscription in Subscription.objects.filter(pk__in=behind):
             _advance_cursor(subscription, past_index=last_paid[subscription.pk])
-        if any(status == Subscription.Status.PAST_DUE for _, _, status in locked):
+        if any(status == Subscription.Status.PAST_DUE for _, _, status, _ in locked):
             failed = Payment.objects.filter(
                 subscription=OuterRef("pk"), status=Payment.Status.FAILED
             )
@@ -573,6 +576,10 @@ def payments_record_success(
         cursor_due = F("next_period_due_at")
         Subscription.objects.filter(pk__in=subscription_ids).update(
             next_payment_due_at=Coalesce(Least(Subquery(earliest_open), cursor_due), cursor_due)
+        )
+        owners = {pk: owner_id for pk, _, _, owner_id in locked}
+        webhook_events.payments_succeeded_record(
+            payments=[(pk, owners[subscription_id]) for pk, subscription_id in newly_completed]
         )
     return completed
 

@@ -57,3 +57,18 @@ def payments_waived_record(*, payment_ids: Iterable[int]) -> None:
             for payment in payments
         )
     )
+
+
+def payments_succeeded_record(*, payments: Iterable[tuple[int, Any]]) -> None:
+    """payment.succeeded for payments completed together (a batch settlement), given as
+    (payment id, owner id); each payload is read only for an owner who has an endpoint."""
+
+    def data(payment_id: int) -> Any:
+        return lambda: payment_data(Payment.objects.get(pk=payment_id))
+
+    webhook_events_record(
+        events=[
+            (owner_id, EventType.PAYMENT_SUCCEEDED, data(payment_id))
+            for payment_id, owner_id in payments
+        ]
+    )
