@@ -23,8 +23,9 @@ from autopay.chain.client import token_balance
 from autopay.scan import scan_due
 from jobs.models import Job
 from jobs.services import payment_trigger
-from subscriptions.custody import decrypt_private_key
+from subscriptions.custody import decrypt_private_key, encrypt_private_key
 from subscriptions.models import PayerWallet, Payment, Subscription
+from subscriptions.webhooks.models import EventType, WebhookEndpoint, WebhookEvent
 from tests.batching import confirm, settle
 from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
 
@@ -109,6 +110,13 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
     progress_written: Callable[[], dict[str, list[int]]],
 ) -> None:
     wallets = _wallets(3, user, w3, token_address, deployer, 100 * 10**6)
+    # The owner has a webhook endpoint (disabled: events are kept, nothing is sent).
+    WebhookEndpoint.objects.create(
+        owner=user,
+        url="https://hooks.example.com/autopay",
+        enabled=False,
+        encrypted_secret=encrypt_private_key(b"secret"),
+    )
     recipients = [new_address() for _ in range(4)]
     subscriptions = [
         _subscription(wallets[index % 3], token_address, "1.5", recipients[index % 4])
@@ -145,8 +153,14 @@ def test_a_batch_settles_in_one_transaction_with_progress_in_bulk(
     for subscription in subscriptions:
         subscription.refresh_from_db()
         assert subscription.next_payment_due_at > timezone.now()
+    # Each payment recorded in bulk is a payment.succeeded event, as one recorded alone.
+    events = list(WebhookEvent.objects.filter(type=EventType.PAYMENT_SUCCEEDED))
+    assert len(events) == 24
+    assert {event.data["status"] for event in events} == {"completed"}
+    assert {event.data["transaction_hash"] for event in events} == {sent[0].transaction_hash}
     # A second confirmation (a redelivered message) finds nothing left to record.
     assert confirm(sent[0]).completed == 0
+    assert WebhookEvent.objects.count() == 24
 
 
 def test_items_that_would_fail_are_classified_and_never_sent(
