@@ -71,6 +71,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # Code is owned by root and read-only for the app user.
 COPY manage.py ./
+COPY core ./core
 COPY config ./config
 COPY autopay ./autopay
 COPY subscriptions ./subscriptions
@@ -85,7 +86,7 @@ RUN chmod 0755 docker/entrypoint.sh docker/healthcheck.py \
        DATABASE_URL=sqlite:////tmp/collectstatic.sqlite3 \
        python manage.py collectstatic --noinput --verbosity 0 \
     && rm -f /tmp/collectstatic.sqlite3 \
-    && python -m compileall -q /app/config /app/autopay /app/subscriptions /app/jobs \
+    && python -m compileall -q /app/core /app/config /app/autopay /app/subscriptions /app/jobs \
     && install -d -o autopay -g autopay /app/var
 
 USER autopay:autopay

@@ -9,9 +9,9 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.core.management import execute_from_command_line
 
-    from config.audit import command_audit
+    from core.audit import command_audit
 
-    # Model changes a command makes are audited with who ran it (config/audit.py).
+    # Model changes a command makes are audited with who ran it (core/audit.py).
     with command_audit(sys.argv):
         execute_from_command_line(sys.argv)
 

@@ -10,12 +10,15 @@ class AutopayConfig(AppConfig):
         from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
         from autopay.funding import relayers_health
-        from config.health import (
+        from autopay.tasks import process_autopay_job, settle_batch
+        from core.health import (
             register_health_section,
             register_network_report,
             register_payment_check,
         )
+        from jobs.queue import register_payment_tasks
 
+        register_payment_tasks(process=process_autopay_job, settle_batch=settle_batch)
         register_payment_check(configuration_problems)
         register_network_report(networks_report)
         register_health_section("relayers", relayers_health)

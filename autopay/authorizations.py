@@ -30,8 +30,8 @@ from autopay.rails.authorization import (
 )
 from autopay.rails.base import PaymentIntent
 from autopay.rails.x402_exact import VALID_AFTER_SKEW_SECONDS
-from config.errors import ServiceError
-from config.networks import network_config
+from core.errors import ServiceError
+from core.networks import network_config
 from subscriptions import periods
 from subscriptions.models import Payment, PresignedAuthorization, Subscription
 from subscriptions.services import SETTLED_STATUSES, subscription_lock

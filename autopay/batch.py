@@ -51,7 +51,7 @@ from autopay.chain.relayer import get_relayer
 from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.rails.x402_batch import SignedAuthorization, X402BatchRail
 from autopay.signers import DigestToSign, sign_digests
-from config.sql import binary_cursor
+from core.sql import binary_cursor
 from jobs import services as job_services
 from jobs.bulk import chunks, jobs_claim, jobs_complete, jobs_held, jobs_progress
 from jobs.models import Job

@@ -13,7 +13,7 @@ from eth_utils import is_address
 
 from autopay.chain.relayer import relayer_keys
 from autopay.rails.x402_exact import FACILITATOR_CREDENTIALS_REFUSED
-from config.networks import network_registry
+from core.networks import network_registry
 from jobs.models import Job
 from subscriptions.custody import KeyCustodyError, custody_problem, decrypt_private_key
 from subscriptions.errors import ConfigurationError

@@ -27,7 +27,7 @@ from autopay.rails import get_rail
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentIntent, Progress, Settlement
 from autopay.signers import payment_signer
-from config.networks import NetworkConfig, network_config, use_network
+from core.networks import NetworkConfig, network_config, use_network
 from jobs import services as job_services
 from jobs.heartbeat import lease_heartbeat
 from jobs.models import Job, JobAttempt

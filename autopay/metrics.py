@@ -39,7 +39,7 @@ from prometheus_client.utils import floatToGoString
 
 from autopay.chain.status import networks_status
 from autopay.funding import relayer_funding
-from config.redis import get_redis
+from core.redis import get_redis
 from jobs.alerts import alerts_evaluate
 from jobs.analytics import OPERATOR_SCOPE
 from jobs.models import Job

@@ -13,7 +13,7 @@ from django.utils import timezone
 from autopay.engine import payment_intent, payment_network, settlement_result
 from autopay.rails import get_rail
 from autopay.rails.base import Settlement
-from config.networks import use_network
+from core.networks import use_network
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors

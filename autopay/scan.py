@@ -34,7 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from autopay.dunning import dunning_schedule
-from config.sql import binary_cursor, insert_lists
+from core.sql import binary_cursor, insert_lists
 from jobs.bulk import chunks, db_datetime, insert_jobs
 from jobs.models import Job
 from jobs.queue import jobs_mark_unpublished, publish_scheduled_jobs

@@ -12,7 +12,7 @@ from django.dispatch import receiver
 
 from autopay.beat import sync_periodic_tasks
 from autopay.configuration import configuration_problems
-from config.audit import audit_off
+from core.audit import audit_off
 
 logger = logging.getLogger(__name__)
 

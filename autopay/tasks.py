@@ -10,14 +10,14 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError
 
-from autopay import batch, engine, webhooks
+from autopay import batch, engine
 from autopay.finality import payments_verify_finality
 from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
-from config.idempotency.middleware import idempotency_keys_purge
+from core.idempotency.middleware import idempotency_keys_purge
 from jobs.services import jobs_purge_completed, jobs_recover, retry_countdown
 from subscriptions.webhooks.services import webhook_events_purge
 
@@ -158,33 +158,6 @@ def purge_completed_jobs(self: Any) -> int:
     if deleted:
         logger.info("purged %d completed job(s)", deleted)
     return deleted
-
-
-@shared_task(
-    bind=True,
-    name="autopay.deliver_webhook",
-    acks_late=True,
-    ignore_result=True,
-    # The delivery's row holds its attempts and next time; Celery's counter is not the limit.
-    max_retries=None,
-)
-def deliver_webhook(self: Any, delivery_id: int) -> str:
-    """One attempt of one webhook delivery; a short retry is scheduled here, a long one by
-    the dispatcher."""
-    close_old_connections()
-    outcome = webhooks.webhook_deliver(delivery_id=delivery_id)
-    if outcome.retry_in is not None:
-        webhooks.webhook_schedule_retry(delivery_id=delivery_id, retry_in=outcome.retry_in)
-    return outcome.status
-
-
-@shared_task(bind=True, name="autopay.dispatch_webhooks", acks_late=True, ignore_result=True)
-def dispatch_webhooks(self: Any) -> int:
-    """Publish due webhook deliveries: retries whose time came, lost messages, dead sends."""
-    published = webhooks.webhook_deliveries_dispatch()
-    if published:
-        logger.info("dispatched %d webhook delivery(ies)", published)
-    return published
 
 
 @shared_task(bind=True, name="autopay.purge_expired_records", acks_late=True, ignore_result=True)

@@ -292,8 +292,9 @@ def publish_comparison(count: int) -> tuple[float, float]:
     loop inside kombu's ``Producer.batch()`` (one Redis pipeline per 1,000 messages): the
     change suggested for publish_jobs, measured here without editing it."""
     from config.celery import app
-    from jobs.queue import PROCESS_TASK, publish_jobs
+    from jobs.queue import payment_task_names, publish_jobs
 
+    process_task, _ = payment_task_names()
     job_ids = [str(uuid.uuid4()) for _ in range(count)]
     publish_jobs(job_ids[:10])  # warm the producer pool
     drain_queue()
@@ -303,7 +304,7 @@ def publish_comparison(count: int) -> tuple[float, float]:
     def batched() -> None:
         with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
             for job_id in job_ids:
-                app.send_task(PROCESS_TASK, args=[job_id], producer=producer)
+                app.send_task(process_task, args=[job_id], producer=producer)
 
     batched_seconds, _ = timed(batched)
     assert drain_queue() == count

@@ -316,7 +316,7 @@ def measure(
     from django.conf import settings
 
     from config.celery import app
-    from config.redis import get_redis
+    from core.redis import get_redis
     from subscriptions.models import Payment
 
     recipients, _wallets = load(count, w3=w3, chain_env=chain_env)

@@ -1,4 +1,4 @@
-"""Project configuration: settings, the Celery app, root URLs and health."""
+"""The roof: settings, the Celery app, root URLs, the API router and wsgi (nothing imports it)."""
 
 from config.celery import app as celery_app
 

@@ -8,7 +8,7 @@ from django.urls import path, re_path
 from autopay.api.authorizations import AuthorizationsView, UnsignedAuthorizationsView
 from autopay.api.tokens import LogoutView, TokenDetailView, TokenListCreateView
 from autopay.api.views import WalletBalanceView
-from config.api import OptionalSlashRouter
+from core.api import OptionalSlashRouter
 from jobs.api.analytics import AnalyticsView
 from jobs.api.views import JobViewSet, SubscriptionTriggerViewSet
 from subscriptions.api.views import PaymentViewSet, SubscriptionViewSet, WalletViewSet

@@ -50,7 +50,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "axes",
     "auditlog",
-    "config.idempotency",
+    "core.idempotency",
     "subscriptions",
     "subscriptions.webhooks",
     "jobs",
@@ -68,16 +68,16 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # /api/: 413 for oversized bodies before anything reads them; Django's own error pages
     # there become the JSON envelope.
-    "config.middleware.ApiErrorMiddleware",
+    "core.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # Who changed what (django-auditlog, config/audit.py): the actor of every audited change.
-    "config.audit.AuditMiddleware",
+    # Who changed what (django-auditlog, core/audit.py): the actor of every audited change.
+    "core.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # POSTs under /api/ with an Idempotency-Key run once; repeats get the first answer.
-    "config.idempotency.middleware.IdempotencyMiddleware",
+    "core.idempotency.middleware.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns an admin (or API password) login lockout into its answer.
     "axes.middleware.AxesMiddleware",
@@ -138,7 +138,7 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 # Times to the second in the admin (Django's English default shows minutes only).
-FORMAT_MODULE_PATH = ["config.formats"]
+FORMAT_MODULE_PATH = ["core.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
@@ -165,7 +165,7 @@ X_FRAME_OPTIONS = "DENY"
 # Largest request body (bytes); a larger one answers 413 under /api/. API bodies are tiny.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 
-# --- Audit log (django-auditlog; what and why in config/audit.py) ---------------------------
+# --- Audit log (django-auditlog; what and why in core/audit.py) ---------------------------
 # Changes by people (admin, dashboard, API, management commands) to these models are
 # recorded, append-only, with the fields before and after; secrets are never part of them.
 AUDITLOG_INCLUDE_TRACKING_MODELS = (
@@ -202,8 +202,8 @@ REST_FRAMEWORK = {
     ],
     # Counted in the shared cache (Redis); they let requests through when it is unreachable.
     "DEFAULT_THROTTLE_CLASSES": [
-        "config.limits.AnonRateThrottle",
-        "config.limits.UserRateThrottle",
+        "core.limits.AnonRateThrottle",
+        "core.limits.UserRateThrottle",
     ],
     # "<n>/<s|min|hour|day>"; an empty value turns that limit off.
     "DEFAULT_THROTTLE_RATES": {
@@ -213,15 +213,15 @@ REST_FRAMEWORK = {
     },
     # Reverse proxies in front of the app: the client is read from X-Forwarded-For only then.
     "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
-    "DEFAULT_PERMISSION_CLASSES": ["config.permissions.OwnerOrModelPermission"],
+    "DEFAULT_PERMISSION_CLASSES": ["core.permissions.OwnerOrModelPermission"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     # drf-spectacular's, plus the error responses and nullable columns the API really has.
-    "DEFAULT_SCHEMA_CLASS": "config.api.AutoSchema",
-    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.api.AutoSchema",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
     # OPTIONS never fails, even on views without a serializer.
-    "DEFAULT_METADATA_CLASS": "config.middleware.ApiMetadata",
+    "DEFAULT_METADATA_CLASS": "core.middleware.ApiMetadata",
 }
 # How long the answer to a POST with an Idempotency-Key is kept (and replayed) per user and key.
 API_IDEMPOTENCY_TTL_HOURS = env.float("API_IDEMPOTENCY_TTL_HOURS", default=24.0)
@@ -245,8 +245,8 @@ AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)
 AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES) if AXES_COOLOFF_MINUTES > 0 else None
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "config.limits.lockout_response"
-AXES_CLIENT_IP_CALLABLE = "config.limits.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.limits.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "core.limits.client_ip"
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "auto-pay API",
@@ -353,7 +353,7 @@ AUTOPAY_AUTHORIZATION_VALIDITY_SECONDS = env.int(
 AUTOPAY_RESOURCE_ALLOWED_HOSTS = env.list("AUTOPAY_RESOURCE_ALLOWED_HOSTS", default=[])
 # Timeout of each request to a paid resource (s); shorter than the task's soft time limit.
 AUTOPAY_RESOURCE_TIMEOUT_SECONDS = env.float("AUTOPAY_RESOURCE_TIMEOUT_SECONDS", default=20.0)
-# Several networks in one deployment: a JSON list of networks (see config/networks.py);
+# Several networks in one deployment: a JSON list of networks (see core/networks.py);
 # unset, the one network of CHAIN_* / TOKEN_* / RELAYER_PRIVATE_KEY.
 AUTOPAY_NETWORKS = env.json("AUTOPAY_NETWORKS", default=[])
 # Development only (bin/run): the demo paid service the demo data subscribes to.

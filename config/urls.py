@@ -7,8 +7,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from config import api
-from config.health import health
+from core import api
+from core.health import health
 
 
 class SchemaView(api.JsonErrorsMixin, SpectacularAPIView):

@@ -12,9 +12,9 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from config.admin_filters import RangeListFilter
-from config.admin_log import admin_log_action
-from config.export import queryset_csv
+from core.admin_filters import RangeListFilter
+from core.admin_log import admin_log_action
+from core.export import queryset_csv
 from jobs import services
 from jobs.exports import JOB_CSV_COLUMNS
 from jobs.models import Job, JobAttempt

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from config.sql import binary_cursor, insert_lists
+from core.sql import binary_cursor, insert_lists
 from jobs.models import Job
 
 

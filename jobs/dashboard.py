@@ -20,7 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.views.decorators.http import require_POST
 
-from config.admin_log import admin_log_action
+from core.admin_log import admin_log_action
 from jobs import analytics, selectors, services
 from jobs.alerts import alerts_evaluate
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.export import Column
+from core.export import Column
 
 JOB_CSV_COLUMNS = (
     Column("job_id", "id"),

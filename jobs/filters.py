@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django_filters import rest_framework as filters
 
-from config.filters import AmountFilter, IdFilter, time_range
+from core.filters import AmountFilter, IdFilter, time_range
 from jobs.models import Job
 
 

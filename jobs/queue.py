@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from celery import Task
+from celery import current_app as app
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
-from config.celery import app
-from config.redis import get_redis
+from core.redis import get_redis
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -24,8 +27,6 @@ logger = logging.getLogger(__name__)
 _KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 _KOMBU_PRIORITY_STEPS = (3, 6, 9)
 
-PROCESS_TASK = "autopay.process_autopay_job"
-SETTLE_BATCH_TASK = "autopay.settle_batch"
 # Messages buffered per Redis round trip (one pipelined LPUSH batch).
 PUBLISH_BATCH_SIZE = 1000
 # A publish fails fast when the broker is unreachable (kombu's default retries forever): the
@@ -43,6 +44,33 @@ PUBLISH_RETRY_POLICY = {
 BATCH_PRIORITY = _KOMBU_PRIORITY_STEPS[0]
 
 
+@dataclass
+class _PaymentTasks:
+    process: Task | None = None
+    settle_batch: Task | None = None
+
+
+# The tasks that run a job: defined by the engine above this app, which registers them when
+# Django starts (``autopay.apps``), so this layer publishes them without naming a higher one.
+_payment_tasks = _PaymentTasks()
+
+
+def register_payment_tasks(*, process: Task, settle_batch: Task) -> None:
+    """Name the task that processes one job and the one that settles a list of jobs."""
+    _payment_tasks.process = process
+    _payment_tasks.settle_batch = settle_batch
+
+
+def payment_task_names() -> tuple[str, str]:
+    """The registered (process one job, settle a batch) task names."""
+    process, settle_batch = _payment_tasks.process, _payment_tasks.settle_batch
+    if process is None or settle_batch is None:
+        raise ImproperlyConfigured(
+            "no payment tasks are registered: is the autopay app in INSTALLED_APPS?"
+        )
+    return process.name, settle_batch.name
+
+
 def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = None) -> int:
     """Publish one process message per job, in pipelined batches over one connection.
 
@@ -51,6 +79,7 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
     binding lookup or extra round trip is paid per message: the scan publishes 100k jobs.
     """
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    process_task, _ = payment_task_names()
     eta = None
     if countdown:
         eta = timezone.now() + timedelta(seconds=countdown)
@@ -62,7 +91,7 @@ def publish_jobs(job_ids: Iterable[UUID | str], *, countdown: float | None = Non
             if template is None:
                 # Celery builds the first message; the others differ only by their ids, so
                 # they reuse its headers instead of paying as_task_v2's cost each time.
-                template = app.amqp.as_task_v2(task_id, PROCESS_TASK, args=(job_id,), eta=eta)
+                template = app.amqp.as_task_v2(task_id, process_task, args=(job_id,), eta=eta)
                 headers, properties, body = template.headers, template.properties, template.body
             else:
                 args = (job_id,)
@@ -97,11 +126,12 @@ def publish_scheduled_jobs(job_ids: Iterable[UUID | str]) -> int:
     if size <= 1:
         return publish_jobs(ids)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    _, settle_batch_task = payment_task_names()
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
         for start in range(0, len(ids), size):
             chunk = ids[start : start + size]
             task_id = str(uuid.uuid4())
-            message = app.amqp.as_task_v2(task_id, SETTLE_BATCH_TASK, args=(chunk,))
+            message = app.amqp.as_task_v2(task_id, settle_batch_task, args=(chunk,))
             producer.publish(
                 message.body,
                 exchange="",

@@ -17,7 +17,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from config.errors import StateConflict
+from core.errors import StateConflict
 from jobs.api.serializers import JobStatusSerializer
 from jobs.models import Job, JobAttempt
 from jobs.queue import (

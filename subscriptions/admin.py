@@ -10,9 +10,9 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from config.admin_filters import RangeListFilter
-from config.admin_log import admin_log_action
-from config.export import queryset_csv
+from core.admin_filters import RangeListFilter
+from core.admin_log import admin_log_action
+from core.export import queryset_csv
 from subscriptions import services, validators
 from subscriptions.exports import PAYMENT_CSV_COLUMNS
 from subscriptions.models import (

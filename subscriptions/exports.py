@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.export import Column
+from core.export import Column
 
 PAYMENT_CSV_COLUMNS = (
     Column("id", "id", "number"),

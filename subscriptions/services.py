@@ -16,7 +16,7 @@ from django.db.models.functions import Coalesce, Least
 from django.utils import timezone
 from eth_account import Account
 
-from config.errors import ServiceError, StateConflict
+from core.errors import ServiceError, StateConflict
 from subscriptions import errors, periods, validators
 from subscriptions.custody import encrypt_private_key
 from subscriptions.models import PayerWallet, Payment, PresignedAuthorization, Subscription

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from eth_utils import is_checksum_address, to_checksum_address
 
-from config.networks import network_registry
+from core.networks import network_registry
 from subscriptions import periods
 
 ZERO_ADDRESS = "0x" + "0" * 40

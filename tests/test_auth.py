@@ -26,7 +26,7 @@ from rest_framework.test import APIClient
 
 from autopay.api.tokens import issue_token
 from autopay.devtools.anvil import free_port
-from config import limits
+from core import limits
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -336,7 +336,7 @@ def test_throttling_fails_open_when_the_cache_is_unreachable(
         }
     }
     monkeypatch.setattr(limits, "_last_warning", 0.0)
-    caplog.set_level(logging.WARNING, logger="config.limits")
+    caplog.set_level(logging.WARNING, logger="core.limits")
 
     started = time.monotonic()
     answers = [api.get("/api/wallets/") for _ in range(3)]

@@ -1,9 +1,9 @@
 """Every answer under /api/ that is an error is the JSON envelope, and none is a 500.
 
 ``{"success": false, "error": "<message>", "details"?}`` for 404 on unknown paths, 405, 413,
-415, 429, 500 and 503, whether DRF (``config.api.exception_handler``), Django
+415, 429, 500 and 503, whether DRF (``core.api.exception_handler``), Django
 (``handler400/403/404/500`` in ``config/urls.py``) or the /api/ middleware
-(``config.middleware.ApiErrorMiddleware``) answers. The routes are read from the URL resolver,
+(``core.middleware.ApiErrorMiddleware``) answers. The routes are read from the URL resolver,
 so a new endpoint is covered without editing this file. Everything runs against the real
 PostgreSQL and Redis of the suite; the few test-only views below exist to make a view raise.
 """
@@ -31,7 +31,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 import config.urls
-from config.middleware import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE, unavailable_message
+from core.middleware import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE, unavailable_message
 from subscriptions.webhooks.models import EventType, WebhookDelivery
 from subscriptions.webhooks.services import webhook_endpoint_create, webhook_event_record
 from tests.factories import PayerWalletFactory, SubscriptionFactory, failed_job

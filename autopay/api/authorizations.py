@@ -24,7 +24,7 @@ from autopay.authorizations import (
     authorization_upload,
     typed_data,
 )
-from config.api import ApiErrorSerializer
+from core.api import ApiErrorSerializer
 from subscriptions import selectors
 from subscriptions.models import PresignedAuthorization, Subscription
 

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from autopay.chain.client import ChainUnavailable, token_balance
-from config.api import ApiErrorSerializer, error_response
+from core.api import ApiErrorSerializer, error_response
 from subscriptions import selectors
 from subscriptions.models import PayerWallet
 

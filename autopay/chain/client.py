@@ -28,7 +28,7 @@ from autopay.chain.abi import (
     EIP712_DOMAIN_TYPEHASH,
     ERC20_MINIMAL_ABI,
 )
-from config.networks import active_network, rpc_failed
+from core.networks import active_network, rpc_failed
 from subscriptions.errors import RpcUnavailable
 
 logger = logging.getLogger(__name__)

@@ -40,8 +40,8 @@ from autopay.chain.client import (
     rpc_error,
     token_balance,
 )
-from config.networks import NetworkConfig, active_network
-from config.redis import get_redis
+from core.networks import NetworkConfig, active_network
+from core.redis import get_redis
 from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentError
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from web3 import Web3
 
-from config.networks import NetworkConfig, network_registry
+from core.networks import NetworkConfig, network_registry
 
 logger = logging.getLogger(__name__)
 

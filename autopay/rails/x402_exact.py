@@ -37,7 +37,7 @@ from autopay.chain import client as chain
 from autopay.chain.relayer import SettlementContext, get_relayer, settlement_context
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
-from config.networks import active_network
+from core.networks import active_network
 from subscriptions import errors
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class X402ExactRail:
 
     @classmethod
     def from_settings(cls) -> X402ExactRail:
-        """The rail of the network being paid on (config.networks.use_network)."""
+        """The rail of the network being paid on (core.networks.use_network)."""
         network = active_network()
         return cls(
             facilitator=_facilitator_from_settings(),

@@ -34,7 +34,7 @@ from autopay.chain import client as chain
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
 from autopay.rails.x402_exact import VALID_AFTER_SKEW_SECONDS, X402ExactRail
-from config.networks import active_network
+from core.networks import active_network
 from subscriptions import errors
 
 logger = logging.getLogger(__name__)

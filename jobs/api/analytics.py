@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import error_response, success_response
+from core.api import error_response, success_response
 from jobs import analytics
 
 

@@ -15,8 +15,8 @@ from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import ApiErrorSerializer, error_response, success_response
-from config.export import CsvExportMixin, csv_list_schema
+from core.api import ApiErrorSerializer, error_response, success_response
+from core.export import CsvExportMixin, csv_list_schema
 from jobs import selectors, services
 from jobs.api.serializers import (
     JobStatsSerializer,

@@ -14,8 +14,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from config.export import CsvExportMixin, csv_list_schema
-from config.limits import WalletCreateRateThrottle
+from core.export import CsvExportMixin, csv_list_schema
+from core.limits import WalletCreateRateThrottle
 from subscriptions import selectors, services
 from subscriptions.api.serializers import (
     PaymentOutputSerializer,

@@ -1,3 +1,3 @@
 """Outbound webhooks (Standard Webhooks): endpoints, events written in the transaction of the
 state change that causes them (an outbox), and their deliveries. The sending lives in the
-engine (``autopay.webhooks``); this app only records."""
+engine (``subscriptions.webhooks.delivery``); this app only records."""

@@ -8,8 +8,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from config.admin_log import admin_log_action
-from config.errors import ServiceError
+from core.admin_log import admin_log_action
+from core.errors import ServiceError
 from subscriptions.webhooks import services
 from subscriptions.webhooks.models import (
     WebhookAttempt,

@@ -136,7 +136,7 @@ class WebhookDelivery(models.Model):
 
     @property
     def owner_id(self) -> int:
-        """Whose delivery this is (config.permissions.object_owner_id)."""
+        """Whose delivery this is (core.permissions.object_owner_id)."""
         return int(self.endpoint.owner_id)
 
 

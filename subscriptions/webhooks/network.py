@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from config.errors import ServiceError
+from core.errors import ServiceError
 
 # Metadata services; most are link-local or private already, listed so they never pass.
 METADATA_ADDRESSES = frozenset(

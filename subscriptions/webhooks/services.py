@@ -3,7 +3,8 @@
 ``webhook_event_record`` is called inside the transaction of the state change it reports
 (``subscriptions.services``, ``jobs.services``, the scan), so an event exists if and only if
 its change committed. Its deliveries are published to the queue after commit; a lost message
-is published again by the dispatcher (``autopay.webhooks``), which also sends the retries.
+is published again by the dispatcher (``subscriptions.webhooks.delivery``), which also sends
+the retries.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from config.celery import app
-from config.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.custody import (
     decrypt_private_key,
     encrypt_private_key,

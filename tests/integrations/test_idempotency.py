@@ -14,7 +14,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from autopay.api.tokens import issue_token
-from config.idempotency.models import IdempotencyKey
+from core.idempotency.models import IdempotencyKey
 from subscriptions.models import PayerWallet, Subscription
 from tests.factories import PayerWalletFactory, new_address
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from autopay.webhooks import event_payload, signed_headers
+from subscriptions.webhooks.delivery import event_payload, signed_headers
 from subscriptions.webhooks.models import EventType
 from subscriptions.webhooks.services import (
     webhook_endpoint_create,

@@ -18,7 +18,6 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
-from autopay import webhooks as sender
 from autopay.devtools.anvil import free_port
 from autopay.scan import scan_due
 from jobs import services as job_services
@@ -26,6 +25,7 @@ from jobs.models import Job
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import payment_build
+from subscriptions.webhooks import delivery as sender
 from subscriptions.webhooks.models import (
     EventType,
     WebhookDelivery,

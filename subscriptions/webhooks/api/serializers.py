@@ -139,7 +139,7 @@ class WebhookDeliveryDetailSerializer(WebhookDeliveryOutputSerializer):
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_payload(self, delivery: WebhookDelivery) -> Any:
-        # The engine's body (autopay.webhooks.event_payload) without importing the engine.
+        # The engine's body (subscriptions.webhooks.delivery.event_payload).
         event = delivery.event
         return json.loads(
             json.dumps(

@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
-from config.filters import time_range
+from core.filters import time_range
 from subscriptions.webhooks import selectors, services
 from subscriptions.webhooks.api.serializers import (
     WebhookDeliveryDetailSerializer,

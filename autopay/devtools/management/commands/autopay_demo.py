@@ -29,7 +29,7 @@ from autopay.chain.client import get_web3, token_balance
 from autopay.devtools.anvil import ANVIL_DEV_KEYS
 from autopay.devtools.contracts import mint
 from autopay.devtools.management.commands._chain import minter_key
-from config.networks import network_registry, use_network
+from core.networks import network_registry, use_network
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import PayerWallet, Subscription

@@ -1,7 +1,7 @@
 """The base of every error a service raises for its caller to answer.
 
 Each carries its HTTP status and a stable code; the API's one exception handler
-(config.api.exception_handler) turns any of them into the error envelope, so views hold no
+(core.api.exception_handler) turns any of them into the error envelope, so views hold no
 try/except ladders, and the admin and commands show the same message.
 """
 

@@ -2,6 +2,6 @@ from django.apps import AppConfig
 
 
 class IdempotencyConfig(AppConfig):
-    name = "config.idempotency"
+    name = "core.idempotency"
     label = "idempotency"
     verbose_name = "API idempotency keys"

@@ -28,8 +28,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from rest_framework.request import Request
 
-from config.idempotency.models import IdempotencyKey
-from config.middleware import is_api_request
+from core.idempotency.models import IdempotencyKey
+from core.middleware import is_api_request
 
 logger = logging.getLogger(__name__)
 

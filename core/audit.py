@@ -17,7 +17,7 @@ change or delete them and, on PostgreSQL, a trigger refuses any UPDATE or DELETE
 
 "Recent actions" on the admin's index page is Django's own admin log: actions that do not go
 through a change form (dashboard retry, admin bulk actions) write to it with
-``config.admin_log.admin_log_action``.
+``core.admin_log.admin_log_action``.
 
 Importable before Django is set up (``manage.py`` wraps every command in ``command_audit``).
 """

@@ -1,5 +1,5 @@
 """Request plumbing of /api/ that loads early: the middleware, the OPTIONS metadata and the
-envelope helpers they share with ``config.api``.
+envelope helpers they share with ``core.api``.
 
 * ``ApiErrorMiddleware``: a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` answers 413 before
   anything reads it, and every error Django itself answers under /api/ (an unknown method on a
@@ -88,7 +88,7 @@ def _is_json(response: HttpResponse) -> bool:
 class ApiErrorMiddleware:
     """Place it right after SecurityMiddleware/WhiteNoise, before anything reads the body.
 
-    DRF responses already carry the envelope (``config.api.exception_handler``), in the format
+    DRF responses already carry the envelope (``core.api.exception_handler``), in the format
     the client negotiated, and are left alone.
     """
 

@@ -4,7 +4,7 @@ Every error under ``/api/`` answers ``{"success": false, "error": "<message>"}``
 ``"details"`` per field for validation errors): DRF views through :func:`exception_handler`,
 Django's own errors (unknown path, CSRF, oversized body, crash) through the JSON error views
 below (``handler400``/``403``/``404``/``500`` in ``config/urls.py``) and
-``config.middleware.ApiErrorMiddleware``. An unreachable database or Redis answers 503.
+``core.middleware.ApiErrorMiddleware``. An unreachable database or Redis answers 503.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from rest_framework.response import Response
 from rest_framework.routers import DefaultRouter
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from config.errors import ServiceError
-from config.middleware import (
+from core.errors import ServiceError
+from core.middleware import (
     DATABASE_UNAVAILABLE,
     REDIS_UNAVAILABLE,
     ApiMetadata,
@@ -293,7 +293,7 @@ class AutoSchema(SpectacularAutoSchema):
 
 
 def _document_idempotency(operation: dict[str, Any], codes: dict[str, str]) -> None:
-    """Every POST takes an ``Idempotency-Key`` (config.idempotency.middleware)."""
+    """Every POST takes an ``Idempotency-Key`` (core.idempotency.middleware)."""
     operation.setdefault("parameters", []).append(
         {
             "in": "header",
