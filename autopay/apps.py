@@ -7,9 +7,10 @@ class AutopayConfig(AppConfig):
 
     def ready(self) -> None:
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
+        from autopay.chain.relayer import relayer_out_listeners
         from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
-        from autopay.funding import relayers_health
+        from autopay.funding import relayer_unfunded_alert, relayers_health
         from autopay.tasks import process_autopay_job, settle_batch
         from core.health import (
             register_health_section,
@@ -19,6 +20,8 @@ class AutopayConfig(AppConfig):
         from jobs.queue import register_payment_tasks
 
         register_payment_tasks(process=process_autopay_job, settle_batch=settle_batch)
+        if relayer_unfunded_alert not in relayer_out_listeners:
+            relayer_out_listeners.append(relayer_unfunded_alert)
         register_payment_check(configuration_problems)
         register_network_report(networks_report)
         register_health_section("relayers", relayers_health)

@@ -22,8 +22,8 @@ Every promise of the single path (autopay.engine) holds for each item of a batch
 - an item the simulation says would fail is classified as the single path classifies it and
   never sent; an item missing from the receipt goes back to its job as a transient failure,
   and its next attempt (alone) asks the chain first.
-Items leave a batch through the single path's own endings (engine._fail and its siblings), so
-a failed, delayed or reconciled job of a batch is recorded exactly as one settled alone.
+Items leave a batch through the single path's own ending (``engine.attempt_ended``), so a
+failed, delayed or reconciled job of a batch is recorded exactly as one settled alone.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def confirm_jobs(
             _end(
                 report,
                 item.job_id,
-                partial(_transient, item.job, item.payment, lease_owner, outcome),
+                partial(_ending, item.job, item.payment, lease_owner, outcome),
             )
     _publish_retries(report)
     logger.info("batch %s confirmed: %s", transaction_hash, report.as_dict())
@@ -737,21 +737,7 @@ def _ending(
     job: Job, payment: Payment, worker_id: str, outcome: Settlement | errors.PaymentError
 ) -> engine.Outcome:
     """The single path's ending for one item of a batch (its attempt in the ledger too)."""
-    hooks = engine._Hooks(job, payment, worker_id)
-    if isinstance(outcome, Settlement):
-        return engine._record_success(job, payment, outcome, worker_id, hooks)
-    if isinstance(outcome, errors.ConfigurationError):
-        return engine._wait_for_configuration(job, worker_id, outcome, outcome, hooks)
-    if outcome.transient:
-        return _transient(job, payment, worker_id, outcome)
-    return engine._fail(job, payment, worker_id, outcome, hooks)
-
-
-def _transient(
-    job: Job, payment: Payment, worker_id: str, error: errors.PaymentError
-) -> engine.Outcome:
-    hooks = engine._Hooks(job, payment, worker_id)
-    return engine._process_transient(job, payment, worker_id, error, error, hooks)
+    return engine.attempt_ended(job, payment, worker_id, outcome)
 
 
 def _end(report: BatchReport, job_id: str, ending: Callable[[], engine.Outcome]) -> None:

@@ -329,7 +329,7 @@ def _await_settlement(
 def _wait_for_configuration(
     job: Job,
     worker_id: str,
-    error: errors.ConfigurationError,
+    error: errors.PaymentError,
     cause: BaseException,
     hooks: _Hooks,
 ) -> Outcome:
@@ -351,6 +351,39 @@ def _wait_for_configuration(
     logger.error(
         "job %s waits for the operator: %s; checking again in %.0fs",
         job.pk,
+        error.message,
+        countdown,
+    )
+    return Outcome("delayed", retry_in=countdown)
+
+
+def _wait_out_fault(
+    job: Job, worker_id: str, error: errors.PaymentError, cause: BaseException, hooks: _Hooks
+) -> Outcome:
+    """An infrastructure or operator fault (RPC, Redis, a timeout, no funded relayer, the
+    service unreachable) before any broadcast: the job waits, its attempt given back, with a
+    backoff that grows with each wait up to AUTOPAY_FAULT_RETRY_MAX_SECONDS, and is paid when
+    the fault is gone. Nothing is recorded against the payment or the subscription."""
+    waits = job_services.job_waits(job=job)
+    countdown = job_services.retry_countdown(
+        attempts_made=waits + 1, cap=float(settings.AUTOPAY_FAULT_RETRY_MAX_SECONDS)
+    )
+    if not job_services.job_delay(
+        job=job,
+        worker_id=worker_id,
+        countdown=countdown,
+        code=error.code,
+        message=error.message,
+        count_attempt=False,
+        outcome=JobAttempt.Outcome.WAITING,
+        report=hooks.report(),
+    ):
+        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+    logger.warning(
+        "job %s waits out a%s fault (%s: %s); trying again in %.1fs",
+        job.pk,
+        "n operator" if error.fault == errors.Fault.OPERATOR else "n infrastructure",
+        error.code,
         error.message,
         countdown,
     )
@@ -399,41 +432,64 @@ def _wait_for_settlement(
     return Outcome("delayed", retry_in=countdown)
 
 
-def _process_transient(
+def attempt_ended(
     job: Job,
     payment: Payment,
     worker_id: str,
-    error: errors.PaymentError,
-    cause: BaseException,
-    hooks: _Hooks,
+    outcome: Settlement | errors.PaymentError,
+    *,
+    cause: BaseException | None = None,
+    hooks: _Hooks | None = None,
 ) -> Outcome:
-    """Delay the job for another attempt, or fail it when its attempts are spent."""
-    if job.attempts_made < job.max_attempts:
-        countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
-        if not job_services.job_delay(
-            job=job,
-            worker_id=worker_id,
-            countdown=countdown,
-            code=error.code,
-            message=error.message,
-            report=hooks.report(),
-        ):
-            raise job_services.LeaseLost(
-                f"job {job.pk} is no longer held by {worker_id}"
-            ) from cause
-        logger.warning(
-            "job %s attempt %d/%d: %s; retrying in %.1fs",
-            job.pk,
-            job.attempts_made,
-            job.max_attempts,
-            error.code,
-            countdown,
-        )
-        return Outcome("delayed", retry_in=countdown)
-    payment.refresh_from_db()
-    if payment.money_may_move:
-        return _await_settlement(job, payment, worker_id, error, hooks)
+    """The one ending of an attempt, whichever path made it (one payment, or an item of a
+    batch): the settlement is recorded, or the error's disposition decides (the rule book in
+    ``subscriptions.errors``): wait, retry, fail and dun, or fail."""
+    hooks = hooks or _Hooks(job, payment, worker_id)
+    if isinstance(outcome, Settlement):
+        return _record_success(job, payment, outcome, worker_id, hooks)
+    error, cause = outcome, cause or outcome
+    if isinstance(error, errors.SettlementUnconfirmed):
+        return _wait_for_settlement(job, worker_id, error, hooks)
+    disposition = error.disposition(attempts_left=job.attempts_made < job.max_attempts)
+    if disposition == errors.Disposition.WAIT:
+        if isinstance(error, errors.ConfigurationError):
+            return _wait_for_configuration(job, worker_id, error, cause, hooks)
+        payment.refresh_from_db()
+        if payment.money_may_move:
+            return _await_settlement(job, payment, worker_id, error, hooks)
+        return _wait_out_fault(job, worker_id, error, cause, hooks)
+    if disposition == errors.Disposition.RETRY:
+        return _retry(job, worker_id, error, cause, hooks)
+    if error.transient:
+        payment.refresh_from_db()
+        if payment.money_may_move:
+            return _await_settlement(job, payment, worker_id, error, hooks)
     return _fail(job, payment, worker_id, error, hooks)
+
+
+def _retry(
+    job: Job, worker_id: str, error: errors.PaymentError, cause: BaseException, hooks: _Hooks
+) -> Outcome:
+    """Delay the job for another attempt, its attempt counted."""
+    countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
+    if not job_services.job_delay(
+        job=job,
+        worker_id=worker_id,
+        countdown=countdown,
+        code=error.code,
+        message=error.message,
+        report=hooks.report(),
+    ):
+        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+    logger.warning(
+        "job %s attempt %d/%d: %s; retrying in %.1fs",
+        job.pk,
+        job.attempts_made,
+        job.max_attempts,
+        error.code,
+        countdown,
+    )
+    return Outcome("delayed", retry_in=countdown)
 
 
 def process_job(*, job_id: str, worker_id: str) -> Outcome:
@@ -466,7 +522,7 @@ def process_job(*, job_id: str, worker_id: str) -> Outcome:
                 job=job,
                 worker_id=worker_id,
                 outcome=JobAttempt.Outcome.INTERRUPTED,
-                code="database_unavailable",
+                code=errors.DatabaseUnavailable.code,
                 message=f"database unavailable: {type(exc).__name__}",
             )
         return Outcome("interrupted")
@@ -522,29 +578,23 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
                     "no payment rail is configured (AUTOPAY_PAYMENT_RAIL); nothing was charged"
                 )
             settlement = rail.reconcile(intent) or rail.pay(intent, hooks)
-    except errors.ConfigurationError as error:
-        return _wait_for_configuration(job, worker_id, error, error, hooks)
     except ImproperlyConfigured as exc:
-        return _wait_for_configuration(
-            job, worker_id, errors.ConfigurationError(str(exc)), exc, hooks
+        return attempt_ended(
+            job, payment, worker_id, errors.ConfigurationError(str(exc)), cause=exc, hooks=hooks
         )
-    except errors.SettlementUnconfirmed as error:
-        return _wait_for_settlement(job, worker_id, error, hooks)
-    except errors.TransientPaymentError as error:
-        return _process_transient(job, payment, worker_id, error, error, hooks)
-    except errors.PermanentPaymentError as error:
-        return _fail(job, payment, worker_id, error, hooks)
+    except errors.PaymentError as error:
+        return attempt_ended(job, payment, worker_id, error, hooks=hooks)
     except (job_services.LeaseLost, OperationalError, InterfaceError):
         raise
     except SoftTimeLimitExceeded as exc:
-        # Slow chain or facilitator: treated like any transient failure, never as a bug.
-        return _process_transient(
+        # Slow chain or facilitator: the infrastructure's, never a bug and never the customer's.
+        return attempt_ended(
             job,
             payment,
             worker_id,
             errors.AttemptTimeout("the attempt ran past the task's soft time limit"),
-            exc,
-            hooks,
+            cause=exc,
+            hooks=hooks,
         )
     except Exception as exc:
         # A bug or an unforeseen failure: fail loudly, never retry blindly. If a transaction
@@ -552,4 +602,4 @@ def _process_claimed(job: Job, worker_id: str) -> Outcome:
         logger.exception("job %s: unexpected error", job.pk)
         internal = errors.InternalError(f"internal error: {type(exc).__name__}")
         return _fail(job, payment, worker_id, internal, hooks)
-    return _record_success(job, payment, settlement, worker_id, hooks)
+    return attempt_ended(job, payment, worker_id, settlement, hooks=hooks)

@@ -19,8 +19,10 @@ from django.conf import settings
 from eth_account import Account
 from web3 import Web3
 
-from autopay.chain.relayer import relayer_keys
+from autopay.chain.relayer import relayer_keys, relayers_out_of_pool
 from autopay.rails.authorization import checksum_address
+from subscriptions.webhooks.models import EventType
+from subscriptions.webhooks.services import operator_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,21 @@ def relayer_funding() -> list[RelayerFunding]:
     return funding
 
 
+def relayer_unfunded_alert(network: str, address: str, reason: str) -> None:
+    """A relayer left its pool: the operator hears of it (a ``relayer.unfunded`` event to
+    staff endpoints); its work goes to the others meanwhile."""
+    operator_event_record(
+        type=EventType.RELAYER_UNFUNDED,
+        data={
+            "network": network,
+            "address": address,
+            "reason": reason[:500],
+            "minimumEth": str(settings.RELAYER_MIN_BALANCE_ETH),
+            "outOfPoolSeconds": settings.RELAYER_OUT_OF_POOL_SECONDS,
+        },
+    )
+
+
 def relayers_health() -> tuple[dict[str, Any], bool]:
     """/health's "relayers" part and whether it is healthy: "low" (503) when a relayer holds
     less than RELAYER_MIN_BALANCE_ETH, "unknown" when the chain does not answer."""
@@ -102,9 +119,12 @@ def relayers_health() -> tuple[dict[str, Any], bool]:
         status = "unknown"
     else:
         status = "ok"
+    out = relayers_out_of_pool(settings.CHAIN_NETWORK, [relayer.address for relayer in funding])
     return {
         "status": status,
         "minimumEth": str(settings.RELAYER_MIN_BALANCE_ETH),
+        # Taken out after a low balance or a refusal for funds; their work goes to the others.
+        "outOfPool": sorted(out),
         "balances": [
             {
                 "address": relayer.address,

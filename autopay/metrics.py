@@ -37,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from autopay.chain.relayer import relayers_out_of_pool
 from autopay.chain.status import networks_status
 from autopay.funding import relayer_funding
 from core.redis import get_redis
@@ -315,6 +316,15 @@ def _relayer_metrics() -> Iterator[Metric]:
         if relayer.balance_eth is not None:
             balances.add_metric([relayer.address], float(relayer.balance_eth))
     yield balances
+    out = relayers_out_of_pool(settings.CHAIN_NETWORK, [relayer.address for relayer in funding])
+    in_pool = GaugeMetricFamily(
+        "autopay_relayer_in_pool",
+        "1 while a relayer takes work, 0 while it is out of the pool (unfunded).",
+        labels=["relayer"],
+    )
+    for relayer in funding:
+        in_pool.add_metric([relayer.address], 0.0 if relayer.address in out else 1.0)
+    yield in_pool
     yield GaugeMetricFamily(
         "autopay_relayer_min_balance_eth",
         "RELAYER_MIN_BALANCE_ETH: below it /health answers 503.",

@@ -3,6 +3,7 @@ gave up while its transaction was still pending) by asking the chain."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -122,15 +123,17 @@ def _signed_and_failed(
 
 
 def _forget_dead_settlement(payment: Payment) -> None:
-    """The chain never saw this payment's settlement: hand it back, forget the dead hash."""
-    if payment.status in (
+    """The chain never saw this payment's settlement: forget the dead hash and pay it again.
+    Nothing moved and it is not the customer's doing, so the subscription is not moved."""
+    lost = payment.status in (
         Payment.Status.SUBMITTED,
         Payment.Status.SETTLEMENT_PENDING,
         Payment.Status.PROCESSING,
-    ):
+    )
+    if lost:
         # Never reached the chain (or dropped from it, its authorization unused) and nobody is
-        # working on it: hand it back.
-        error = errors.SettlementLost("the settlement never reached the chain; it will be retried")
+        # working on it.
+        error = errors.SettlementLost("the settlement never reached the chain; it is paid again")
         subscription_services.payment_record_failure(
             payment=payment, code=error.code, message=error.message
         )
@@ -138,6 +141,12 @@ def _forget_dead_settlement(payment: Payment) -> None:
     Payment.objects.filter(pk=payment.pk, transaction_hash=payment.transaction_hash).update(
         transaction_hash=""
     )
+    latest = payment.jobs.order_by("-created_at").first() if lost else None
+    if latest is not None and latest.status == Job.Status.FAILED:
+        # A new job on the same period: its first step asks the chain (the derived nonce), so
+        # a late landing of the dead transaction is found, never paid twice.
+        with contextlib.suppress(job_services.JobNotRetryable):
+            job_services.job_retry(job=latest)
 
 
 def _record_found_settlement(payment: Payment, settlement: Settlement) -> None:

@@ -377,6 +377,9 @@ AUTOPAY_SETTLEMENT_CHECK_SECONDS = env.float("AUTOPAY_SETTLEMENT_CHECK_SECONDS",
 # A job that cannot run because of the operator's configuration (encryption key, relayer key,
 # token) waits this long between checks, without using up its attempts.
 AUTOPAY_CONFIGURATION_RETRY_SECONDS = env.float("AUTOPAY_CONFIGURATION_RETRY_SECONDS", default=60.0)
+# A job waiting out an infrastructure or operator fault (RPC, Redis, a timeout, no funded
+# relayer) tries again after 2 s, 4 s, 8 s, ... up to this; its attempts are not spent.
+AUTOPAY_FAULT_RETRY_MAX_SECONDS = env.float("AUTOPAY_FAULT_RETRY_MAX_SECONDS", default=30.0)
 # The largest amount one period may charge (in token units), whatever the API is sent.
 AUTOPAY_MAX_AMOUNT = Decimal(env.str("AUTOPAY_MAX_AMOUNT", default="10000"))
 # Periods owed because the engine was down are charged oldest first, at most this many per
@@ -454,6 +457,11 @@ RELAYER_PRIVATE_KEYS = [key.strip() for key in env.list("RELAYER_PRIVATE_KEYS", 
 RELAYER_PRIVATE_KEYS = [key for key in RELAYER_PRIVATE_KEYS if key]
 # /health answers 503 when a relayer holds less ETH than this (it could not pay for gas).
 RELAYER_MIN_BALANCE_ETH = Decimal(env.str("RELAYER_MIN_BALANCE_ETH", default="0.01"))
+# A relayer below the minimum, or refused by the node for funds, leaves its pool for this long
+# (then its balance is read again); each worker reads each relayer's balance at most every
+# RELAYER_BALANCE_CHECK_SECONDS.
+RELAYER_OUT_OF_POOL_SECONDS = env.float("RELAYER_OUT_OF_POOL_SECONDS", default=60.0)
+RELAYER_BALANCE_CHECK_SECONDS = env.float("RELAYER_BALANCE_CHECK_SECONDS", default=15.0)
 RELAYER_MAX_FEE_GWEI = env.float("RELAYER_MAX_FEE_GWEI", default=500.0)
 # A settlement still pending this many blocks after it was sent is replaced (same nonce) with
 # fees raised by RELAYER_FEE_BUMP_PERCENT (at least 10 %), capped by RELAYER_MAX_FEE_GWEI.

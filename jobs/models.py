@@ -122,6 +122,7 @@ class JobAttempt(models.Model):
         FAILED = "failed", "Failed"
         SETTLEMENT_PENDING = "settlement_pending", "Broadcast, waiting for the chain"
         CONFIGURATION_WAIT = "configuration_wait", "Waiting for the operator's configuration"
+        WAITING = "waiting", "Waiting out an infrastructure fault (attempt not counted)"
         LEASE_LOST = "lease_lost", "Lease lost (another worker took the job)"
         WORKER_LOST = "worker_lost", "Worker lost (killed or timed out; taken back)"
         INTERRUPTED = "interrupted", "Interrupted (database unavailable)"

@@ -386,6 +386,11 @@ def job_note_reorg(*, job: Job, transaction_hash: str, message: str) -> JobAttem
     )
 
 
+def job_waits(*, job: Job) -> int:
+    """How many times the job has waited out a fault (its backoff grows with them)."""
+    return JobAttempt.objects.filter(job_id=job.pk, outcome=JobAttempt.Outcome.WAITING).count()
+
+
 def retry_countdown(*, attempts_made: int, cap: float | None = None) -> float:
     """Backoff before the next attempt: base * 2**(n-1), i.e. 2 s then 4 s by default, plus a
     random jitter of up to AUTOPAY_RETRY_JITTER of it (25 %: 2-2.5 s, 4-5 s), so that jobs

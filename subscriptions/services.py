@@ -585,7 +585,8 @@ def payments_record_success(
 
 
 def payment_record_failure(*, payment: Payment, code: str, message: str) -> Payment:
-    """Record a final failure and hand the subscription to the dunning schedule."""
+    """Record a final failure; when it is the customer's (``counts_toward_dunning``), hand the
+    subscription to the dunning schedule."""
     now = timezone.now()
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
@@ -603,7 +604,9 @@ def payment_record_failure(*, payment: Payment, code: str, message: str) -> Paym
             ).update(canceled_at=now)
         subscription = Subscription.objects.select_for_update().get(pk=locked.subscription_id)
         previous_status = subscription.status
-        if code != errors.SubscriptionNotActive.code and subscription.status in (
+        # Only the customer's own failures (and a service's refusal) count toward dunning: an
+        # operator's, the infrastructure's or our own leave the subscription as it was.
+        if errors.error_class(code).counts_toward_dunning() and subscription.status in (
             Subscription.Status.ACTIVE,
             Subscription.Status.PAST_DUE,
         ):

@@ -42,7 +42,13 @@ from autopay.chain.client import (
 )
 from core.networks import NetworkConfig, active_network
 from core.redis import get_redis
-from subscriptions.errors import NonceRace, SettlementPending, TransientPaymentError
+from subscriptions.errors import (
+    Fault,
+    NonceRace,
+    RelayerUnavailable,
+    SettlementPending,
+    TransientPaymentError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +132,25 @@ class RelayerError(TransientPaymentError):
     node out of sync, relayer out of gas funds, lock contention)."""
 
     code = "relayer_error"
+    fault = Fault.INFRASTRUCTURE
+
+
+class RelayerUnfunded(RelayerError):
+    """The node refused the relayer's transaction for lack of ETH for gas. The relayer is
+    taken out of its pool at once and the job waits a moment for another one: the operator's
+    fault, never the customer's."""
+
+    code = "relayer_unfunded"
+    fault = Fault.OPERATOR
+
+
+# What a node says when the sender cannot pay for gas (geth, anvil, erigon, nethermind).
+_UNFUNDED_ERRORS = ("insufficient funds", "insufficient balance for transfer")
+
+
+def _is_unfunded(exc: BaseException) -> bool:
+    message = str(exc).lower()
+    return any(fragment in message for fragment in _UNFUNDED_ERRORS)
 
 
 # Compare-and-max: the stored next nonce never moves backwards (a slow process finishing late
@@ -194,6 +219,10 @@ class Relayer:
 
     def get_addresses(self) -> list[str]:
         return [self.address]
+
+    def balance_wei(self) -> int:
+        """The relayer's ETH (what pays for gas)."""
+        return int(self._w3.eth.get_balance(to_checksum_address(self.address)))
 
     def get_chain_id(self) -> int:
         return self._chain_id
@@ -318,6 +347,11 @@ class Relayer:
                 # Simulation failed: nothing is broadcast.
                 raise RevertedCall(_revert_text(exc)) from exc
             except Web3RPCError as exc:
+                if _is_unfunded(exc):
+                    relayer_take_out(
+                        network=active_network().network, address=self.address, reason=str(exc)
+                    )
+                    raise RelayerUnfunded(f"relayer {self.address} cannot pay for gas") from exc
                 raise RelayerError(f"gas estimate refused by the node: {exc}") from exc
             gas_limit = gas + gas // 5 + 5_000
         max_fee, priority = self._fees()
@@ -381,8 +415,14 @@ class Relayer:
                     context.on_unsent(tx_hash)
                 if any(fragment in message for fragment in _NONCE_ERRORS):
                     raise NonceRace(f"relayer nonce {nonce} was taken: {exc}") from exc
+                if _is_unfunded(exc):
+                    # Nothing was accepted; this relayer stops taking work until it is funded.
+                    relayer_take_out(
+                        network=active_network().network, address=self.address, reason=str(exc)
+                    )
+                    raise RelayerUnfunded(f"relayer {self.address} cannot pay for gas") from exc
                 if isinstance(exc, Web3RPCError):
-                    # e.g. rate limited, insufficient funds for gas: nothing was accepted.
+                    # e.g. rate limited, node out of sync: nothing was accepted.
                     raise RelayerError(f"broadcast refused by the node: {exc}") from exc
                 raise
             if context is not None:
@@ -591,14 +631,108 @@ def relayer_keys(network: NetworkConfig | None = None) -> list[str]:
 
 def get_relayer() -> Relayer:
     """A relayer of the network being paid on, each call the next key of its pool in turn,
-    so that a process's settlements spread over every key (each key has its own nonce lock)."""
+    so that a process's settlements spread over every key (each key has its own nonce lock).
+    A relayer out of the pool (below RELAYER_MIN_BALANCE_ETH, or refused for funds) is
+    skipped; with none left the job waits as ``relayer_unavailable``."""
     network = active_network()
     keys = relayer_keys(network)
     if not keys:
         raise ImproperlyConfigured(
             f"RELAYER_PRIVATE_KEY is not set for {network.network}; the facilitator cannot pay gas."
         )
-    return _relayer_for(network, keys[next(_turn) % len(keys)])
+    start = next(_turn)
+    for offset in range(len(keys)):
+        relayer = _relayer_for(network, keys[(start + offset) % len(keys)])
+        if _in_pool(network, relayer):
+            return relayer
+    raise RelayerUnavailable(
+        f"no relayer of {network.network} can pay for gas: all {len(keys)} are out of the pool "
+        "(below RELAYER_MIN_BALANCE_ETH or refused for funds); fund one"
+    )
+
+
+# Listeners told when a relayer is taken out of its pool (network, address, reason): the
+# engine registers the operator's alert (autopay.funding), this library knows no model.
+relayer_out_listeners: list[Callable[[str, str, str], None]] = []
+# Per process: when each relayer's balance was last read, and whether it was enough.
+_balance_checked: dict[tuple[str, str], tuple[float, bool]] = {}
+# Per process, when Redis cannot be reached: relayers taken out and until when.
+_out_locally: dict[tuple[str, str], float] = {}
+
+
+def _out_key(network: str, address: str) -> str:
+    return f"autopay:relayer:out:{network}:{address.lower()}"
+
+
+def relayer_take_out(*, network: str, address: str, reason: str) -> bool:
+    """Take a relayer out of ``network``'s pool for RELAYER_OUT_OF_POOL_SECONDS (its balance
+    is read again after that). True when this call took it out (so the alert is sent once)."""
+    seconds = max(int(settings.RELAYER_OUT_OF_POOL_SECONDS), 1)
+    _out_locally[(network, address.lower())] = time.monotonic() + seconds
+    try:
+        taken = bool(get_redis().set(_out_key(network, address), reason[:500], nx=True, ex=seconds))
+    except redis.RedisError:
+        taken = True
+    if taken:
+        logger.error(
+            "relayer %s on %s taken out of the pool for %ds: %s",
+            address,
+            network,
+            seconds,
+            reason,
+        )
+        for listener in relayer_out_listeners:
+            try:
+                listener(network, address, reason)
+            except Exception:
+                logger.exception("relayer %s: an out-of-pool listener failed", address)
+    return taken
+
+
+def relayers_out_of_pool(network: str, addresses: list[str]) -> set[str]:
+    """Which of ``addresses`` are out of ``network``'s pool now."""
+    try:
+        client = get_redis()
+        with client.pipeline(transaction=False) as pipe:
+            for address in addresses:
+                pipe.exists(_out_key(network, address))
+            flags = pipe.execute()
+        return {address for address, flag in zip(addresses, flags, strict=True) if flag}
+    except redis.RedisError:
+        now = time.monotonic()
+        return {
+            address
+            for address in addresses
+            if _out_locally.get((network, address.lower()), 0.0) > now
+        }
+
+
+def _in_pool(network: NetworkConfig, relayer: Relayer) -> bool:
+    """Whether ``relayer`` may take work: not taken out, and (read at most every
+    RELAYER_BALANCE_CHECK_SECONDS per process) holding at least RELAYER_MIN_BALANCE_ETH. A
+    balance the chain does not tell is no reason to stop (the send will say)."""
+    if relayers_out_of_pool(network.network, [relayer.address]):
+        return False
+    key = (network.network, relayer.address)
+    now = time.monotonic()
+    checked = _balance_checked.get(key)
+    if checked is not None and now - checked[0] < settings.RELAYER_BALANCE_CHECK_SECONDS:
+        return checked[1]
+    minimum = int(settings.RELAYER_MIN_BALANCE_ETH * 10**18)
+    try:
+        balance = int(relayer.balance_wei())
+    except Exception as exc:
+        logger.warning("relayer %s balance unavailable: %s", relayer.address, type(exc).__name__)
+        return True
+    funded = balance >= minimum
+    _balance_checked[key] = (now, funded)
+    if not funded:
+        relayer_take_out(
+            network=network.network,
+            address=relayer.address,
+            reason=f"balance {balance} wei is below RELAYER_MIN_BALANCE_ETH",
+        )
+    return funded
 
 
 def _relayer_for(network: NetworkConfig, private_key: str) -> Relayer:

@@ -220,27 +220,22 @@ class X402BatchRail:
             )
         allowed = self._network_tokens.get(intent.network)
         if allowed is not None and authorization.token_address.lower() != allowed:
-            return errors.PermanentPaymentError(
-                "invalid_exact_evm_asset_mismatch: the token is not the network's",
-                code="invalid_authorization",
+            return errors.InvalidAuthorization(
+                "invalid_exact_evm_asset_mismatch: the token is not the network's"
             )
         if authorization.recipient.lower() != intent.recipient.lower():
-            return errors.PermanentPaymentError(
-                "invalid_exact_evm_payload_recipient_mismatch", code="invalid_authorization"
-            )
+            return errors.InvalidAuthorization("invalid_exact_evm_payload_recipient_mismatch")
         if authorization.value != intent.amount_atomic:
-            return errors.PermanentPaymentError(
-                "invalid_exact_evm_payload_authorization_value_mismatch",
-                code="invalid_authorization",
+            return errors.InvalidAuthorization(
+                "invalid_exact_evm_payload_authorization_value_mismatch"
             )
         if authorization.valid_before < now + VALID_BEFORE_MARGIN_SECONDS:
             return errors.AuthorizationExpired(
                 "invalid_exact_evm_payload_authorization_valid_before"
             )
         if authorization.valid_after > now:
-            return errors.PermanentPaymentError(
-                "invalid_exact_evm_payload_authorization_valid_after",
-                code="authorization_not_yet_valid",
+            return errors.AuthorizationNotYetValid(
+                "invalid_exact_evm_payload_authorization_valid_after"
             )
         signer = recover_signer(item.digest, item.signature)
         if signer is None or signer.lower() != authorization.payer.lower():
@@ -317,9 +312,9 @@ class X402BatchRail:
             return errors.InsufficientBalance(reason)
         if "authorization is expired" in text:
             # Our clock and the chain's disagree: the next attempt signs a new window.
-            return errors.TransientPaymentError(reason, code="authorization_expired")
+            return errors.ChainClockAhead(reason)
         if "authorization is not yet valid" in text:
-            return errors.TransientPaymentError(reason, code="authorization_not_yet_valid")
+            return errors.AuthorizationNotYetValid(reason)
         if "invalid signature" in text:
             # The token's domain was checked (check_contracts): the signature is the item's.
             return errors.InvalidSignature(reason)

@@ -78,15 +78,15 @@ _CONFIGURATION_REASONS = frozenset(
 _SIGNATURE_REASONS = frozenset(
     {"invalid_exact_evm_payload_signature", "invalid_exact_evm_transaction_simulation_failed"}
 )
-_PERMANENT_CODES: dict[str, str] = {
-    "invalid_exact_evm_payload_authorization_valid_after": "authorization_not_yet_valid",
-    "invalid_exact_evm_payload_recipient_mismatch": "invalid_authorization",
-    "invalid_exact_evm_payload_authorization_value_mismatch": "invalid_authorization",
-    "network_mismatch": "unsupported_network",
-    "invalid_exact_evm_failed_to_get_network_config": "unsupported_network",
-    "invalid_exact_evm_payload_undeployed_smart_wallet": "unsupported_payer_wallet",
-    "eip6492_factory_not_allowed": "unsupported_payer_wallet",
-    "invalid_exact_evm_transfer_event_mismatch": "settlement_mismatch",
+_PERMANENT_CODES: dict[str, type[errors.PaymentError]] = {
+    "invalid_exact_evm_payload_authorization_valid_after": errors.AuthorizationNotYetValid,
+    "invalid_exact_evm_payload_recipient_mismatch": errors.InvalidAuthorization,
+    "invalid_exact_evm_payload_authorization_value_mismatch": errors.InvalidAuthorization,
+    "network_mismatch": errors.UnsupportedNetwork,
+    "invalid_exact_evm_failed_to_get_network_config": errors.UnsupportedNetwork,
+    "invalid_exact_evm_payload_undeployed_smart_wallet": errors.UnsupportedPayerWallet,
+    "eip6492_factory_not_allowed": errors.UnsupportedPayerWallet,
+    "invalid_exact_evm_transfer_event_mismatch": errors.SettlementMismatch,
 }
 # What a facilitator states before it broadcasts anything (its verify step, which settle
 # repeats): only these, in a well-formed settle response, fail a payment once /settle was sent.
@@ -452,7 +452,7 @@ class X402ExactRail:
         if reason in _PERMANENT_REASONS:
             raise _PERMANENT_REASONS[reason](detail)
         if reason in _PERMANENT_CODES:
-            raise errors.PermanentPaymentError(detail, code=_PERMANENT_CODES[reason])
+            raise _PERMANENT_CODES[reason](detail)
         text = (message or "").lower()
         if "nonce" in text and ("too low" in text or "taken" in text or "underpriced" in text):
             raise errors.NonceRace(detail)

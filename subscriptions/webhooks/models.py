@@ -17,6 +17,11 @@ class EventType(models.TextChoices):
     SUBSCRIPTION_UNPAID = "subscription.unpaid", "Subscription unpaid"
     SUBSCRIPTION_CANCELED = "subscription.canceled", "Subscription canceled"
     JOB_FAILED = "job.failed", "Job failed"
+    # Operator events: sent to staff users' endpoints only.
+    RELAYER_UNFUNDED = "relayer.unfunded", "Relayer out of the pool (cannot pay for gas)"
+
+
+OPERATOR_EVENT_TYPES = frozenset({EventType.RELAYER_UNFUNDED})
 
 
 class WebhookEndpoint(models.Model):

@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import current_app as app
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -30,6 +31,7 @@ from subscriptions.custody import (
     reencrypt_private_key,
 )
 from subscriptions.webhooks.models import (
+    OPERATOR_EVENT_TYPES,
     EventType,
     WebhookAttempt,
     WebhookDelivery,
@@ -158,6 +160,19 @@ def webhook_event_record(*, owner_id: Any, type: str, data: EventData) -> Webhoo
     """
     recorded = webhook_events_record(events=[(owner_id, type, data)])
     return recorded[0] if recorded else None
+
+
+def operator_event_record(*, type: str, data: dict[str, Any]) -> list[WebhookEvent]:
+    """An operator event (``OPERATOR_EVENT_TYPES``): one for each active staff user who has
+    an endpoint; never for an ordinary user, whatever event types their endpoints ask for."""
+    assert type in OPERATOR_EVENT_TYPES, "not an operator event type"
+    staff = (
+        get_user_model()
+        .objects.filter(is_staff=True, is_active=True, webhook_endpoints__isnull=False)
+        .distinct()
+        .values_list("pk", flat=True)
+    )
+    return webhook_events_record(events=[(owner_id, type, data) for owner_id in staff])
 
 
 def webhook_events_record(*, events: Iterable[tuple[Any, str, EventData]]) -> list[WebhookEvent]:
