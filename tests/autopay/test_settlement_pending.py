@@ -5,14 +5,12 @@ goes on, as when a provider is down)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from autopay import engine
-from autopay.chain import relayer
 from autopay.chain.client import token_balance
 from autopay.reconcile import payments_reconcile
 from jobs import services as job_services
@@ -22,20 +20,6 @@ from subscriptions.models import Payment, Subscription
 from tests.infra import RpcProxy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
-
-
-@pytest.fixture
-def rpc(engine_settings: Any, anvil: Any) -> Iterator[RpcProxy]:
-    """The engine reaches the chain through a proxy that the test takes down."""
-    proxy = RpcProxy(anvil.rpc_url).start()
-    engine_settings.CHAIN_RPC_URL = proxy.url
-    engine_settings.CHAIN_RPC_TIMEOUT_SECONDS = 2
-    engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 2
-    relayer._relayers.clear()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 def _due_now(job: Job) -> None:
