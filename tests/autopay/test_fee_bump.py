@@ -90,9 +90,32 @@ def _in_background(script: Callable[[], None]) -> tuple[threading.Thread, list[B
     return thread, errors
 
 
+def _process_while(
+    job: Job, chain: Callable[[], None], *, done: threading.Event | None = None
+) -> engine.Outcome:
+    """Process the job while ``chain`` plays the chain's part in the background (``done`` is
+    set when the job's attempt ends)."""
+    thread, errors = _in_background(chain)
+    try:
+        outcome = engine.process_job(job_id=str(job.pk), worker_id="w")
+    finally:
+        if done is not None:
+            done.set()
+        thread.join(30)
+    assert not errors, errors
+    return outcome
+
+
 def _submitted_hash(job: Job) -> str:
     payment = Payment.objects.get(pk=job.payment_id)
     return payment.transaction_hash if payment.status == Payment.Status.SUBMITTED else ""
+
+
+def _broadcast(w3: Web3, job: Job) -> str:
+    """The payment's first transaction, once it is in the node's pool."""
+    original = _wait(lambda: _submitted_hash(job))
+    _wait(lambda: _pending(w3, original))
+    return str(original)
 
 
 def _price_out(w3: Web3, tx_hash: str) -> None:
@@ -127,21 +150,14 @@ def test_a_stuck_low_fee_settlement_is_replaced_and_the_replacement_recorded(
     seen: dict[str, str] = {}
 
     def chain() -> None:
-        original = _wait(lambda: _submitted_hash(job))
-        _wait(lambda: _pending(w3, original))
+        original = _broadcast(w3, job)
         seen["original"] = original
         _price_out(w3, original)
         while not done.is_set():  # blocks go by; the relayer replaces its transaction
             _rpc(w3, "evm_mine")
             time.sleep(0.3)
 
-    thread, errors = _in_background(chain)
-    try:
-        outcome = engine.process_job(job_id=str(job.pk), worker_id="w")
-    finally:
-        done.set()
-        thread.join(10)
-    assert not errors, errors
+    outcome = _process_while(job, chain, done=done)
 
     assert outcome.status == "completed"
     original = seen["original"]
@@ -181,8 +197,7 @@ def test_when_the_original_lands_after_all_the_original_is_recorded(
     seen: dict[str, Any] = {}
 
     def chain() -> None:
-        original = _wait(lambda: _submitted_hash(job))
-        _wait(lambda: _pending(w3, original))
+        original = _broadcast(w3, job)
         seen["original"] = original
         raw = _rpc(w3, "eth_getRawTransactionByHash", original)
         base_fee = int(w3.eth.get_block("latest")["baseFeePerGas"])
@@ -203,12 +218,7 @@ def test_when_the_original_lands_after_all_the_original_is_recorded(
         w3.eth.send_raw_transaction(HexStr(raw))
         _rpc(w3, "evm_mine")
 
-    thread, errors = _in_background(chain)
-    try:
-        outcome = engine.process_job(job_id=str(job.pk), worker_id="w")
-    finally:
-        thread.join(30)
-    assert not errors, errors
+    outcome = _process_while(job, chain)
 
     assert outcome.status == "completed"
     original, replacement = seen["original"], seen["replacement"]
@@ -263,8 +273,7 @@ def test_a_settlement_stuck_in_the_pool_is_replaced_on_its_own_nonce_and_lands_o
     seen: dict[str, Any] = {}
 
     def chain() -> None:
-        original = _wait(lambda: _submitted_hash(job))
-        _wait(lambda: _pending(w3, original))
+        original = _broadcast(w3, job)
         seen["original"] = w3.eth.get_transaction(HexStr(original))
         gas = int(seen["original"]["gas"])
 
@@ -283,12 +292,7 @@ def test_a_settlement_stuck_in_the_pool_is_replaced_on_its_own_nonce_and_lands_o
         seen["replacement"] = w3.eth.get_transaction(HexStr(replacement))
         _rpc(w3, "evm_mine")  # a block with room: one of them lands
 
-    thread, errors = _in_background(chain)
-    try:
-        outcome = engine.process_job(job_id=str(job.pk), worker_id="w")
-    finally:
-        thread.join(30)
-    assert not errors, errors
+    outcome = _process_while(job, chain)
 
     original, replacement = seen["original"], seen["replacement"]
     # The case where a node's pending count cannot stand in for the stuck transaction's nonce.
