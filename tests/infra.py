@@ -21,6 +21,8 @@ from typing import Any
 
 import psycopg
 import redis
+from eth_typing import HexStr
+from web3 import Web3
 
 from autopay.devtools.anvil import free_port
 
@@ -267,6 +269,14 @@ class RpcProxy:
     def start(self) -> RpcProxy:
         self._thread.start()
         return self
+
+    def dropped_transactions(self) -> list[HexStr]:
+        """The hashes of the raw transactions whose broadcast had its reply dropped."""
+        return [
+            HexStr(Web3.keccak(hexstr=request["params"][0]).to_0x_hex())
+            for request in self.dropped
+            if request.get("method") == "eth_sendRawTransaction"
+        ]
 
     def hold(self, *methods: str) -> None:
         self._released.clear()

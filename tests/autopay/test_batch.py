@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
-from eth_typing import HexStr
 from web3 import Web3
 from web3.types import RPCEndpoint
 
@@ -274,8 +273,7 @@ def test_a_batch_broadcast_whose_reply_is_lost_is_found_by_hash_and_charged_once
     try:
         assert settle(job_ids) == [], "the broadcast failed, as far as the engine knows"
 
-        (request,) = rpc.dropped
-        batch_hash = HexStr(Web3.keccak(hexstr=request["params"][0]).to_0x_hex())
+        (batch_hash,) = rpc.dropped_transactions()
         assert w3.eth.get_transaction(batch_hash)["blockNumber"] is None, "the node has it"
         for job in Job.objects.select_related("payment"):
             assert (job.status, job.error_code) == ("delayed", "rpc_unavailable")
