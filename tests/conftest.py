@@ -17,6 +17,7 @@ from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
+from tests.infra import RpcProxy
 
 pytest_plugins = ["tests.chain.fixtures"]
 
@@ -125,6 +126,24 @@ def engine_settings(settings: Any, chain_env: dict[str, str], clean_redis: Any) 
 
     relayer._relayers.clear()
     return settings
+
+
+@pytest.fixture
+def rpc(engine_settings: Any, anvil: Any) -> Iterator[RpcProxy]:
+    """The engine reaches the chain through a proxy (tests.infra.RpcProxy) that the test takes
+    down or makes drop a reply."""
+    from autopay.chain import relayer
+
+    proxy = RpcProxy(anvil.rpc_url).start()
+    engine_settings.CHAIN_RPC_URL = proxy.url
+    engine_settings.CHAIN_RPC_TIMEOUT_SECONDS = 2
+    engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 2
+    relayer._relayers.clear()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        relayer._relayers.clear()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import http.server
+import json
 import os
 import pwd
 import shutil
@@ -20,6 +21,8 @@ from typing import Any
 
 import psycopg
 import redis
+from eth_typing import HexStr
+from web3 import Web3
 
 from autopay.devtools.anvil import free_port
 
@@ -199,12 +202,16 @@ class RpcProxy:
     """A JSON-RPC endpoint in front of a real node that the test can take down and bring back
     (the node itself goes on mining): while down it answers 503, which a client sees as the
     RPC being unavailable. ``down_after`` takes it down right after it forwarded a request of
-    that method (e.g. once a transaction was broadcast)."""
+    that method (e.g. once a transaction was broadcast). ``drop_reply_to`` forwards the next
+    request of that method and then closes the connection without answering it (the node
+    acted on it; the client sees a transport error), keeping the request in ``dropped``."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.down = False
         self.down_after: str | None = None
+        self.drop_reply_to: str | None = None
+        self.dropped: list[dict[str, Any]] = []
         # Requests of these methods wait until ``release`` (a worker stuck at that step).
         self.held: set[str] = set()
         self.waiting = 0
@@ -236,6 +243,11 @@ class RpcProxy:
                 if proxy.down_after and proxy.down_after.encode() in body:
                     proxy.down = True
                     proxy.down_after = None
+                if proxy.drop_reply_to and f'"{proxy.drop_reply_to}"'.encode() in body:
+                    proxy.drop_reply_to = None
+                    proxy.dropped.append(json.loads(body))
+                    self.close_connection = True
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
@@ -257,6 +269,14 @@ class RpcProxy:
     def start(self) -> RpcProxy:
         self._thread.start()
         return self
+
+    def dropped_transactions(self) -> list[HexStr]:
+        """The hashes of the raw transactions whose broadcast had its reply dropped."""
+        return [
+            HexStr(Web3.keccak(hexstr=request["params"][0]).to_0x_hex())
+            for request in self.dropped
+            if request.get("method") == "eth_sendRawTransaction"
+        ]
 
     def hold(self, *methods: str) -> None:
         self._released.clear()

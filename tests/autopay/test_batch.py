@@ -18,8 +18,9 @@ from django.utils import timezone
 from web3 import Web3
 from web3.types import RPCEndpoint
 
+from autopay import engine
 from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
-from autopay.chain.client import token_balance
+from autopay.chain.client import authorization_used, token_balance
 from autopay.scan import scan_due
 from jobs.models import Job
 from jobs.services import payment_trigger
@@ -28,6 +29,7 @@ from subscriptions.models import PayerWallet, Payment, Subscription
 from subscriptions.webhooks.models import EventType, WebhookEndpoint, WebhookEvent
 from tests.batching import confirm, settle
 from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
+from tests.infra import RpcProxy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
@@ -174,8 +176,6 @@ def test_items_that_would_fail_are_classified_and_never_sent(
     # A period settled alone first (a manual trigger); the scheduled batch then meets a used
     # authorization and records that settlement instead of paying again.
     manual = payment_trigger(subscription=paid_alone)
-    from autopay import engine
-
     assert engine.process_job(job_id=str(manual.pk), worker_id="alone").status == "completed"
     manual.payment.refresh_from_db()
     Payment.objects.filter(pk=manual.payment_id).update(
@@ -249,13 +249,68 @@ def test_an_item_failing_inside_the_mined_batch_goes_back_to_its_job(
         else:
             assert job.status == Job.Status.COMPLETED
     # The next attempt, alone, finds the payer without funds: insufficient_balance.
-    from autopay import engine
-
     Job.objects.filter(status=Job.Status.DELAYED).update(next_attempt_at=timezone.now())
     for job in Job.objects.filter(status=Job.Status.DELAYED):
         assert engine.process_job(job_id=str(job.pk), worker_id="retry").status == "failed"
         job.refresh_from_db()
         assert job.error_code == "insufficient_balance"
+
+
+def test_a_batch_broadcast_whose_reply_is_lost_is_found_by_hash_and_charged_once(
+    rpc: RpcProxy, user: Any, w3: Web3, token_address: str, deployer: Any, relayer: Any
+) -> None:
+    """The node takes the batch transaction, then the connection drops before it answers (a
+    fault injected at the network boundary: the proxy in front of anvil forwards
+    eth_sendRawTransaction and closes the connection without a reply). The engine cannot know
+    whether it was sent: the hash it wrote before the broadcast is what finds it."""
+    wallets = _wallets(2, user, w3, token_address, deployer, 10 * 10**6)
+    for index in range(4):
+        _subscription(wallets[index % 2], token_address, "2")
+    job_ids = _scheduled_job_ids()
+    relayer_nonce = w3.eth.get_transaction_count(relayer.address)
+    rpc.drop_reply_to = "eth_sendRawTransaction"
+    w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
+    try:
+        assert settle(job_ids) == [], "the broadcast failed, as far as the engine knows"
+
+        (batch_hash,) = rpc.dropped_transactions()
+        assert w3.eth.get_transaction(batch_hash)["blockNumber"] is None, "the node has it"
+        for job in Job.objects.select_related("payment"):
+            assert (job.status, job.error_code) == ("delayed", "rpc_unavailable")
+            assert job.payment.status == Payment.Status.SUBMITTED
+            assert job.payment.transaction_hash == batch_hash
+
+        # The next attempts, each job alone (as its retry message runs), while the batch
+        # transaction is still pending: they wait for it and send nothing.
+        _due_now()
+        for job_id in job_ids:
+            assert engine.process_job(job_id=job_id, worker_id="retry").status == "delayed"
+        assert w3.eth.get_transaction_count(relayer.address, "pending") == relayer_nonce + 1
+        w3.provider.make_request(RPCEndpoint("evm_mine"), [])
+    finally:
+        w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
+
+    _due_now()
+    for job_id in job_ids:
+        assert engine.process_job(job_id=job_id, worker_id="retry").status == "completed"
+
+    assert w3.eth.get_transaction_receipt(batch_hash)["status"] == 1
+    assert _used_in(w3, batch_hash) == 4
+    assert w3.eth.get_transaction_count(relayer.address) == relayer_nonce + 1, "one transaction"
+    for job in Job.objects.select_related("payment"):
+        assert job.status == Job.Status.COMPLETED, job.error
+        assert job.result is not None and job.result["transactionHash"] == batch_hash
+        assert job.payment.status == Payment.Status.COMPLETED
+        assert job.payment.transaction_hash == batch_hash
+        assert authorization_used(
+            token_address, job.payment.payer_address, job.payment.authorization_nonce, w3=w3
+        )
+    for wallet in wallets:
+        assert token_balance(token_address, wallet.address, w3=w3) == 10 * 10**6 - 2 * 2 * 10**6
+
+
+def _due_now() -> None:
+    Job.objects.filter(status=Job.Status.DELAYED).update(next_attempt_at=timezone.now())
 
 
 def _transfer_all(w3: Web3, token: str, key: bytes, to: str) -> None:

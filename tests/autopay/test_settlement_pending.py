@@ -1,18 +1,16 @@
 """Never "failed" while money may move: once a settlement was broadcast, the payment is not
 failed until the chain has answered for it. In this process against PostgreSQL, Redis and a
 real anvil; the RPC outage is a proxy in front of anvil that stops answering (the chain itself
-goes on, as when a provider is down)."""
+goes on, as when a provider is down) or drops its reply to one broadcast."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from autopay import engine
-from autopay.chain import relayer
 from autopay.chain.client import token_balance
 from autopay.reconcile import payments_reconcile
 from jobs import services as job_services
@@ -22,20 +20,6 @@ from subscriptions.models import Payment, Subscription
 from tests.infra import RpcProxy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
-
-
-@pytest.fixture
-def rpc(engine_settings: Any, anvil: Any) -> Iterator[RpcProxy]:
-    """The engine reaches the chain through a proxy that the test takes down."""
-    proxy = RpcProxy(anvil.rpc_url).start()
-    engine_settings.CHAIN_RPC_URL = proxy.url
-    engine_settings.CHAIN_RPC_TIMEOUT_SECONDS = 2
-    engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 2
-    relayer._relayers.clear()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 def _due_now(job: Job) -> None:
@@ -79,6 +63,43 @@ def test_rpc_down_after_broadcast_keeps_the_payment_pending_then_completes(
     assert job.result is not None and job.result["transactionHash"] == payment.transaction_hash
     outcomes = [attempt.outcome for attempt in job.attempts.order_by("started_at")]
     assert outcomes == ["retry", "retry", "settlement_pending", "settlement_pending", "completed"]
+    assert token_balance(token_address, subscription.payer_address, w3=w3) == charged_once
+
+
+def test_a_broadcast_whose_reply_is_lost_is_found_by_its_hash_and_charged_once(
+    rpc: RpcProxy, paying_subscription: Any, token_address: str, w3: Any, relayer: Any
+) -> None:
+    """The node takes the transaction, then the connection drops before it answers (a fault
+    injected at the network boundary: the proxy in front of anvil forwards
+    eth_sendRawTransaction and closes the connection without a reply)."""
+    subscription = paying_subscription(amount="4")
+    charged_once = token_balance(token_address, subscription.payer_address, w3=w3) - 4 * 10**6
+    relayer_nonce = w3.eth.get_transaction_count(relayer.address)
+    job = payment_trigger(subscription=subscription)
+    rpc.drop_reply_to = "eth_sendRawTransaction"
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        assert engine.process_job(job_id=str(job.pk), worker_id="w").status == "delayed"
+
+        (sent,) = rpc.dropped_transactions()
+        assert w3.eth.get_transaction(sent)["blockNumber"] is None, "the node has it"
+        payment = Payment.objects.get(pk=job.payment_id)
+        assert (payment.status, payment.transaction_hash) == (Payment.Status.SUBMITTED, sent)
+        # The next attempt, while it is pending, waits for it and sends nothing.
+        _due_now(job)
+        assert engine.process_job(job_id=str(job.pk), worker_id="w").status == "delayed"
+        assert w3.eth.get_transaction_count(relayer.address, "pending") == relayer_nonce + 1
+        w3.provider.make_request("evm_mine", [])
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+
+    _due_now(job)
+    assert engine.process_job(job_id=str(job.pk), worker_id="w").status == "completed"
+
+    payment.refresh_from_db()
+    assert (payment.status, payment.transaction_hash) == (Payment.Status.COMPLETED, sent)
+    assert w3.eth.get_transaction_receipt(sent)["status"] == 1
+    assert w3.eth.get_transaction_count(relayer.address) == relayer_nonce + 1, "one transaction"
     assert token_balance(token_address, subscription.payer_address, w3=w3) == charged_once
 
 
