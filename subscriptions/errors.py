@@ -113,6 +113,12 @@ class SettlementPending(TransientPaymentError):
     code = "settlement_pending"
     fault = Fault.INFRASTRUCTURE
 
+    @classmethod
+    def disposition(cls, *, attempts_left: bool) -> Disposition:
+        # Money may move: the job looks again soon while it has attempts, then waits for the
+        # chain (settlement_pending), never failed and never the customer's.
+        return Disposition.RETRY if attempts_left else Disposition.WAIT
+
 
 class SettlementUnconfirmed(SettlementPending):
     """A remote facilitator was asked to settle and gave no usable answer (a timeout, a
@@ -146,6 +152,14 @@ class ConfigurationError(TransientPaymentError):
     fault = Fault.OPERATOR
 
 
+class RailNotConfigured(ConfigurationError):
+    """No payment rail is configured (AUTOPAY_PAYMENT_RAIL=none): nothing is charged and the
+    job waits for the operator, like any configuration error."""
+
+    code = "rail_not_configured"
+    fault = Fault.OPERATOR
+
+
 class InsufficientBalance(PermanentPaymentError):
     """The payer's token balance is lower than the amount due."""
 
@@ -176,13 +190,6 @@ class SubscriptionNotActive(PermanentPaymentError):
     @classmethod
     def counts_toward_dunning(cls) -> bool:
         return False  # nothing is owed while it is not active: there is nothing to dun
-
-
-class RailNotConfigured(PermanentPaymentError):
-    """No payment rail is configured; nothing was charged."""
-
-    code = "rail_not_configured"
-    fault = Fault.OPERATOR
 
 
 class SignerUnavailable(PermanentPaymentError):

@@ -276,8 +276,9 @@ def test_a_batch_broadcast_whose_reply_is_lost_is_found_by_hash_and_charged_once
         (batch_hash,) = rpc.dropped_transactions()
         assert w3.eth.get_transaction(batch_hash)["blockNumber"] is None, "the node has it"
         for job in Job.objects.select_related("payment"):
-            assert (job.status, job.error_code) == ("delayed", "rpc_unavailable")
-            assert job.payment.status == Payment.Status.SUBMITTED
+            # Broadcast as far as anyone can tell: each waits for the chain, no attempt spent.
+            assert (job.status, job.error_code) == ("delayed", "settlement_pending")
+            assert job.payment.status == Payment.Status.SETTLEMENT_PENDING
             assert job.payment.transaction_hash == batch_hash
 
         # The next attempts, each job alone (as its retry message runs), while the batch
@@ -360,8 +361,9 @@ def test_without_our_relayers_a_batch_is_its_jobs_one_by_one(
 
     assert settle(_scheduled_job_ids()) == []
 
-    assert {(job.status, job.error_code) for job in Job.objects.all()} == {
-        ("failed", "rail_not_configured")
+    # The operator's configuration: every job waits, none is failed and no attempt is spent.
+    assert {(job.status, job.error_code, job.attempts_made) for job in Job.objects.all()} == {
+        ("delayed", "rail_not_configured", 0)
     }
 
 

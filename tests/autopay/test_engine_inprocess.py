@@ -176,7 +176,9 @@ def test_insufficient_balance_fails_at_once(
     assert token_balance(token_address, subscription.recipient_address) == 0
 
 
-def test_without_a_rail_the_job_fails_honestly(paying_subscription: Any, settings: Any) -> None:
+def test_without_a_rail_the_job_waits_for_the_operator(
+    paying_subscription: Any, settings: Any
+) -> None:
     settings.AUTOPAY_PAYMENT_RAIL = "none"
     subscription = paying_subscription()
     job = payment_trigger(subscription=subscription)
@@ -184,10 +186,15 @@ def test_without_a_rail_the_job_fails_honestly(paying_subscription: Any, setting
     engine.process_job(job_id=str(job.pk), worker_id="test-worker")
 
     job.refresh_from_db()
-    assert job.status == Job.Status.FAILED
-    assert job.error_code == "rail_not_configured"
-    assert job.payment.status == Payment.Status.FAILED
+    assert (job.status, job.error_code, job.attempts_made) == (
+        Job.Status.DELAYED,
+        "rail_not_configured",
+        0,
+    )
+    assert job.payment.status != Payment.Status.FAILED
     assert not job.payment.transaction_hash
+    subscription.refresh_from_db()
+    assert subscription.status == Subscription.Status.ACTIVE, "never the customer's fault"
 
 
 def test_subscription_canceled_after_queueing_fails_without_charging(
@@ -334,11 +341,16 @@ def test_reconcile_detects_a_transaction_that_disappeared(paying_subscription: A
 
     assert payments_reconcile() == {"reconciled": 0}
 
-    payment = Payment.objects.get(pk=job.payment_id)
-    assert payment.status == Payment.Status.FAILED
-    assert payment.error_code == "settlement_lost"
+    # Nothing moved and it is not the customer's doing: the period is paid again by a new
+    # job, and the subscription is not moved to dunning.
     subscription.refresh_from_db()
-    assert subscription.status == Subscription.Status.PAST_DUE, "the dunning schedule retries it"
+    assert subscription.status == Subscription.Status.ACTIVE
+    retry = Job.objects.filter(payment_id=job.payment_id).exclude(pk=job.pk).get()
+    assert (retry.source, retry.status) == (Job.Source.RETRY, Job.Status.WAITING)
+    assert engine.process_job(job_id=str(retry.pk), worker_id="test-worker").status == "completed"
+    payment = Payment.objects.get(pk=job.payment_id)
+    assert payment.status == Payment.Status.COMPLETED
+    assert payment.transaction_hash != "0x" + "ab" * 32
 
 
 # --- where progress stops when a step fails --------------------------------------------------
@@ -371,13 +383,17 @@ def test_a_broadcast_the_node_refuses_stops_at_the_submit_step(
     token_address: str,
     progress_reported: list[int],
 ) -> None:
-    """A relayer without gas funds: signed and submitted (50), refused by the node at the
-    broadcast; the attempt is retried later and the payment carries no hash."""
+    """A relayer without gas funds (its balance not checked before: no minimum): signed and
+    submitted (50), refused by the node at the broadcast; the job waits for a funded relayer
+    and the payment carries no hash."""
+    from decimal import Decimal
+
     from eth_account import Account
 
     from autopay.chain import relayer as relayer_module
 
     subscription = paying_subscription(amount="1")
+    engine_settings.RELAYER_MIN_BALANCE_ETH = Decimal(0)
     engine_settings.RELAYER_PRIVATE_KEY = "0x" + bytes(Account.create().key).hex()
     relayer_module._relayers.clear()
     job = payment_trigger(subscription=subscription)
@@ -386,6 +402,7 @@ def test_a_broadcast_the_node_refuses_stops_at_the_submit_step(
 
     job.refresh_from_db()
     assert outcome.status == "delayed", job.error
+    assert (job.error_code, job.attempts_made) == ("relayer_unfunded", 0)
     assert _steps(progress_reported) == [10, 30, 50]
     assert job.progress == 50
     payment = Payment.objects.get(pk=job.payment_id)

@@ -449,16 +449,19 @@ def test_recovery_records_a_settle_that_lands_after_the_job_gave_up(
     time.sleep(max(payment.submitted_at.timestamp() + 1.6 - time.time(), 0))
     payments_reconcile(older_than_seconds=0)  # past the deadline, nothing on chain yet
     payment.refresh_from_db()
-    assert (payment.status, payment.error_code) == (Payment.Status.FAILED, "settlement_lost")
-    assert payment.transaction_hash == ""
+    # Nothing moved and it is not the customer's doing: a new job pays the period again.
+    assert (payment.status, payment.transaction_hash) == (Payment.Status.PENDING, "")
+    retry = Job.objects.filter(payment=payment).exclude(pk=job.pk).get()
+    assert (retry.source, retry.status) == (Job.Source.RETRY, Job.Status.WAITING)
 
     wait_for(lambda: state.settled, timeout=10)
-    assert payments_reconcile(older_than_seconds=0)["reconciled"] == 1
+    # The late settle landed first: the new job's first step asks the chain (the derived
+    # nonce) and records it; no second settle is sent.
+    assert _process(retry).status == "completed"
     payment.refresh_from_db()
     assert payment.status == Payment.Status.COMPLETED
     assert payment.transaction_hash == state.settled[0].transaction
-    job.refresh_from_db()
-    assert job.status == Job.Status.COMPLETED
+    assert [path for path, _ in state.requests].count("/settle") == 1
     subscription.refresh_from_db()
     assert subscription.status == Subscription.Status.ACTIVE
     _audit(w3, state, since_block=chain_head, token_address=token_address, payments=[payment])
