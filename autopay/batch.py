@@ -56,6 +56,7 @@ from jobs import services as job_services
 from jobs.bulk import chunks, jobs_claim, jobs_complete, jobs_held, jobs_progress
 from jobs.models import Job
 from jobs.queue import publish_jobs
+from jobs.services import AttemptReport
 from subscriptions import errors
 from subscriptions.models import Payment, Subscription
 from subscriptions.services import payments_record_success
@@ -312,6 +313,12 @@ def _record_settled(
     held = jobs_progress(
         job_ids=ids, worker_id=lease_owner, progress=Progress.CONFIRMED, extend_lease=False
     )
+    first = settled[0][1]
+    fee = (
+        first.gas_used * first.effective_gas_price
+        if first.gas_used is not None and first.effective_gas_price is not None
+        else None
+    )
     completed = jobs_complete(
         results={
             item.job_id: engine.settlement_result(item.payment, settlement)
@@ -319,6 +326,9 @@ def _record_settled(
             if item.job_id in held
         },
         worker_id=lease_owner,
+        report=AttemptReport(
+            transaction_hashes=(transaction_hash,), gas_used=first.gas_used, fee_wei=fee
+        ),
     )
     report.completed += len(completed)
     report.lease_lost += len(ids) - len(completed)

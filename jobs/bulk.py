@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.sql import binary_cursor, insert_lists
-from jobs.models import Job
+from jobs.models import Job, JobAttempt
+from jobs.services import AttemptReport
 
 
 def db_datetime(value: datetime) -> Any:
@@ -132,9 +133,22 @@ def jobs_claim(*, job_ids: Sequence[Any], worker_id: str) -> list[ClaimedJob]:
         Job.Status.DELAYED,
         db_datetime(now + timedelta(seconds=1)),
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        # Each claim opens its attempt in the ledger, as the per-job claim does.
+        JobAttempt.objects.bulk_create(
+            [
+                JobAttempt(
+                    job_id=uuid.UUID(str(job_id)),
+                    number=attempts,
+                    worker=worker_id,
+                    started_at=now,
+                )
+                for job_id, _payment_id, attempts, _max_attempts in rows
+            ]
+        )
     claimed = {
         str(uuid.UUID(str(job_id))): ClaimedJob(
             str(uuid.UUID(str(job_id))), payment_id, attempts, max_attempts
@@ -185,11 +199,40 @@ def jobs_progress(
     return jobs_held(job_ids=ids, worker_id=worker_id)
 
 
-def jobs_complete(*, results: dict[str, dict[str, Any]], worker_id: str) -> set[str]:
+def jobs_complete(
+    *,
+    results: dict[str, dict[str, Any]],
+    worker_id: str,
+    report: AttemptReport | None = None,
+) -> set[str]:
     """``job_complete`` for many jobs, each with its own result, in one statement on
-    PostgreSQL; returns the ids completed (those this worker still held)."""
+    PostgreSQL, and their attempts closed as completed (with ``report``, the transaction and
+    each job's share of its gas and fee); returns the ids completed (those this worker still
+    held)."""
     if not results:
         return set()
+    with transaction.atomic():
+        completed = _jobs_complete(results=results, worker_id=worker_id)
+        fields: dict[str, Any] = {}
+        if report is not None:
+            fields = {
+                "transaction_hashes": list(report.transaction_hashes),
+                "gas_used": report.gas_used,
+                "fee_wei": report.fee_wei,
+            }
+        JobAttempt.objects.filter(
+            job_id__in=list(completed), worker=worker_id, finished_at__isnull=True
+        ).update(
+            outcome=JobAttempt.Outcome.COMPLETED,
+            finished_at=timezone.now(),
+            error_code="",
+            error_message="",
+            **fields,
+        )
+    return completed
+
+
+def _jobs_complete(*, results: dict[str, dict[str, Any]], worker_id: str) -> set[str]:
     now = timezone.now()
     table = Job._meta.db_table
     if connection.vendor == "postgresql":

@@ -371,11 +371,22 @@ class X402BatchRail:
             failed = errors.BatchItemFailed(f"batch transaction {transaction_hash} reverted")
             return [failed for _ in items]
         used = authorizations_used(receipt.get("logs") or [])
+        # Each settled payment's share of the transaction's gas (its AuthorizationUsed events
+        # are the payments it carried).
+        gas_share = int(str(receipt.get("gasUsed", "0x0")), 16) // max(len(used), 1)
+        price = receipt.get("effectiveGasPrice")
         results: list[Settlement | errors.PaymentError] = []
         for intent in items:
             key = (intent.token_address.lower(), intent.payer.lower(), intent.nonce.lower())
             if key in used:
-                results.append(Settlement(transaction_hash=transaction_hash, block_number=block))
+                results.append(
+                    Settlement(
+                        transaction_hash=transaction_hash,
+                        block_number=block,
+                        gas_used=gas_share,
+                        effective_gas_price=int(str(price), 16) if price is not None else None,
+                    )
+                )
             else:
                 results.append(
                     errors.BatchItemFailed(
