@@ -6,12 +6,15 @@ test_worker.py; here the job is processed by calling the engine directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from autopay import engine
 from autopay.chain.client import token_balance
+from autopay.rails.x402_exact import X402ExactRail
 from autopay.signers import signer_for_payment
 from jobs import services as job_services
 from jobs.models import Job
@@ -339,6 +342,69 @@ def test_reconcile_detects_a_transaction_that_disappeared(paying_subscription: A
     assert payment.error_code == "settlement_lost"
     subscription.refresh_from_db()
     assert subscription.status == Subscription.Status.PAST_DUE, "the dunning schedule retries it"
+
+
+def _mined_but_not_recorded(job: Job, w3: Any, engine_settings: Any) -> str:
+    """An earlier attempt broadcast, gave up waiting for a block (settlement pending), and its
+    transaction was mined after: the payment has the hash, nobody has the receipt."""
+    engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 0.5
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        outcome = engine.process_job(job_id=str(job.pk), worker_id="earlier-worker")
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+    assert outcome.status == "delayed"
+    Job.objects.filter(pk=job.pk).update(next_attempt_at=timezone.now())  # its retry is due
+    return str(Payment.objects.get(pk=job.payment_id).transaction_hash)
+
+
+def _settled_outside_the_job(job: Job, w3: Any, engine_settings: Any) -> str:
+    """A lost or racing attempt used the period's authorization and recorded nothing: only the
+    chain knows (authorizationState, then the AuthorizationUsed event)."""
+    payment = job.payment
+    return (
+        X402ExactRail.from_settings()
+        .pay(engine.payment_intent(payment), _NoHooks(payment))
+        .transaction_hash
+    )
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [_mined_but_not_recorded, _settled_outside_the_job],
+    ids=["earlier-attempt-mined-unrecorded", "settled-outside-the-job"],
+)
+def test_an_attempt_completing_by_reconciliation_records_the_transaction_and_its_cost(
+    engine_settings: Any,
+    paying_subscription: Any,
+    w3: Any,
+    api: Any,
+    earlier: Callable[[Job, Any, Any], str],
+) -> None:
+    """The attempt that finds the settlement on chain is the one that records it in the
+    attempts ledger: its transaction and what its gas cost, counted once for the job."""
+    job = payment_trigger(subscription=paying_subscription(amount="1"))
+    tx_hash = earlier(job, w3, engine_settings)
+
+    outcome = engine.process_job(job_id=str(job.pk), worker_id="reconciling-worker")
+
+    assert outcome.status == "completed"
+    job.refresh_from_db()
+    assert job.result is not None
+    assert (job.result["reconciled"], job.result["transactionHash"]) == (True, tx_hash)
+    receipt = w3.eth.get_transaction_receipt(tx_hash)
+    fee = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    attempt = job.attempts.get(worker="reconciling-worker")
+    assert attempt.outcome == "completed"
+    assert attempt.transaction_hashes == [tx_hash]
+    assert (attempt.gas_used, attempt.fee_wei) == (receipt["gasUsed"], fee)
+    assert [a.fee_wei for a in job.attempts.all() if a.fee_wei is not None] == [fee]
+    # The same, as integrators see it.
+    shown = api.get(f"/api/jobs/{job.pk}").json()["data"]["attempts"][-1]
+    assert shown["outcome"] == "completed"
+    assert shown["transactionHashes"] == [tx_hash]
+    assert (shown["gasUsed"], shown["feeWei"]) == (receipt["gasUsed"], str(fee))
 
 
 # --- where progress stops when a step fails --------------------------------------------------
