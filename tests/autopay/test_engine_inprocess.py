@@ -21,6 +21,7 @@ from jobs.models import Job
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
+from tests.batching import settle_as_one_batch
 from tests.factories import SubscriptionFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
@@ -405,6 +406,30 @@ def test_an_attempt_completing_by_reconciliation_records_the_transaction_and_its
     assert shown["outcome"] == "completed"
     assert shown["transactionHashes"] == [tx_hash]
     assert (shown["gasUsed"], shown["feeWei"]) == (receipt["gasUsed"], str(fee))
+
+
+def test_a_batch_transaction_found_by_reconciliation_is_recorded_without_a_per_job_cost(
+    engine_settings: Any, paying_subscription: Any, w3: Any
+) -> None:
+    """Its gas paid for every payment of the batch: no one job's attempt shows it as its own."""
+    jobs = [payment_trigger(subscription=paying_subscription(amount="1")) for _ in range(2)]
+    settle_as_one_batch([str(job.pk) for job in jobs])
+    found = jobs[0]
+    batch_hash = Payment.objects.get(pk=found.payment_id).transaction_hash
+    # The batch's record of the first payment is lost; the chain still has it.
+    Payment.objects.filter(pk=found.payment_id).update(
+        status=Payment.Status.PENDING, transaction_hash=""
+    )
+    Job.objects.filter(pk=found.pk).update(status=Job.Status.WAITING, attempts_made=0)
+
+    assert engine.process_job(job_id=str(found.pk), worker_id="reconciling-worker").status == (
+        "completed"
+    )
+
+    attempt = Job.objects.get(pk=found.pk).attempts.get(worker="reconciling-worker")
+    assert attempt.transaction_hashes == [batch_hash]
+    assert (attempt.gas_used, attempt.fee_wei) == (None, None)
+    assert w3.eth.get_transaction_receipt(batch_hash)["gasUsed"] > 0
 
 
 # --- where progress stops when a step fails --------------------------------------------------
