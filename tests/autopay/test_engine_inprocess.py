@@ -345,17 +345,21 @@ def test_reconcile_detects_a_transaction_that_disappeared(paying_subscription: A
     assert subscription.status == Subscription.Status.PAST_DUE, "the dunning schedule retries it"
 
 
+def _process_while_no_block_comes(w3: Any, job: Job, worker_id: str) -> engine.Outcome:
+    """Process ``job`` while the chain mines nothing (a broadcast stays pending), then mine."""
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        return engine.process_job(job_id=str(job.pk), worker_id=worker_id)
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+
+
 def _mined_but_not_recorded(job: Job, w3: Any, engine_settings: Any) -> str:
     """An earlier attempt broadcast, gave up waiting for a block (settlement pending), and its
     transaction was mined after: the payment has the hash, nobody has the receipt."""
     engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 0.5
-    w3.provider.make_request("evm_setAutomine", [False])
-    try:
-        outcome = engine.process_job(job_id=str(job.pk), worker_id="earlier-worker")
-    finally:
-        w3.provider.make_request("evm_setAutomine", [True])
-        w3.provider.make_request("evm_mine", [])
-    assert outcome.status == "delayed"
+    assert _process_while_no_block_comes(w3, job, "earlier-worker").status == "delayed"
     Job.objects.filter(pk=job.pk).update(next_attempt_at=timezone.now())  # its retry is due
     return str(Payment.objects.get(pk=job.payment_id).transaction_hash)
 
@@ -501,12 +505,7 @@ def test_a_settlement_not_yet_mined_stops_at_the_submit_step_then_is_reconciled(
     subscription = paying_subscription(amount="1")
     job = payment_trigger(subscription=subscription)
 
-    w3.provider.make_request("evm_setAutomine", [False])
-    try:
-        outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
-    finally:
-        w3.provider.make_request("evm_setAutomine", [True])
-        w3.provider.make_request("evm_mine", [])
+    outcome = _process_while_no_block_comes(w3, job, "test-worker")
 
     job.refresh_from_db()
     assert outcome.status == "delayed", job.error
