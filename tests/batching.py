@@ -29,3 +29,15 @@ def confirm(sent: batch.SentBatch, timeout: float = 30.0) -> batch.BatchReport:
         if report.retry_in is None or time.monotonic() > deadline:
             return report
         time.sleep(0.02)
+
+
+def settle_as_one_batch(job_ids: list[str], worker_id: str = "batch-test") -> batch.BatchReport:
+    """Every job through the batch path, as one settle-batch message, each transaction sent
+    confirmed. Every job must be taken by the batch itself: a job handed to the single path
+    instead would leave a caller that means to test the batch path testing the other one."""
+    sent: list[batch.SentBatch] = []
+    report = batch.settle_jobs(job_ids=job_ids, worker_id=worker_id, on_sent=sent.append)
+    assert report.claimed == len(set(job_ids)), "a job left the batch path"
+    for transaction in sent:
+        confirm(transaction)
+    return report

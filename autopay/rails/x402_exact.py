@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError
+from eth_account import Account
 from eth_utils import to_checksum_address
 from redis.exceptions import RedisError
 from x402.http import AuthHeaders, FacilitatorConfig, HTTPFacilitatorClientSync
@@ -34,7 +36,13 @@ from x402.mechanisms.evm.exact.facilitator import ExactEvmSchemeConfig
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from autopay.chain import client as chain
-from autopay.chain.relayer import SettlementContext, get_relayer, settlement_context
+from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
+from autopay.chain.relayer import (
+    SettlementContext,
+    get_relayer,
+    relayer_keys,
+    settlement_context,
+)
 from autopay.rails.authorization import TransferAuthorization
 from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
 from core.networks import active_network
@@ -226,7 +234,7 @@ class X402ExactRail:
                 raise errors.AuthorizationCanceled(
                     "the payer canceled this period's authorization on-chain"
                 )
-            return Settlement(transaction_hash=found[0], block_number=found[1], reconciled=True)
+            return _found_settlement(found[0], found[1])
         if intent.transaction_hash and chain.transaction_known(intent.transaction_hash):
             receipt = chain.transaction_receipt(intent.transaction_hash)
             if receipt is None:
@@ -476,6 +484,28 @@ def _settlement_from_receipt(tx_hash: str, receipt: dict[str, Any] | None) -> Se
         gas_used=int(receipt["gasUsed"]) if receipt.get("gasUsed") is not None else None,
         effective_gas_price=int(gas_price) if gas_price is not None else None,
     )
+
+
+def _found_settlement(tx_hash: str, block_number: int) -> Settlement:
+    """A settlement found on chain rather than sent by this attempt. The attempt that sent it
+    never read its receipt (it was lost, or gave up waiting for a block), so the attempt that
+    finds it records its cost, as for a settlement it sent itself: only when our relayer paid
+    the gas for this payment alone. A batch transaction's gas is shared by all its payments,
+    and a remote facilitator's is not ours."""
+    receipt = chain.transaction_receipt(tx_hash)
+    if receipt is None or not _paid_by_our_relayer_alone(receipt):
+        return Settlement(transaction_hash=tx_hash, block_number=block_number, reconciled=True)
+    return replace(_settlement_from_receipt(tx_hash, receipt), reconciled=True)
+
+
+def _paid_by_our_relayer_alone(receipt: dict[str, Any]) -> bool:
+    authorizations = sum(
+        1
+        for log in receipt.get("logs") or []
+        if log["topics"] and "0x" + bytes(log["topics"][0]).hex() == AUTHORIZATION_USED_TOPIC
+    )
+    relayers = {str(Account.from_key(key).address).lower() for key in relayer_keys()}
+    return authorizations == 1 and str(receipt.get("from", "")).lower() in relayers
 
 
 def _facilitator_error(

@@ -6,18 +6,22 @@ test_worker.py; here the job is processed by calling the engine directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from autopay import engine
 from autopay.chain.client import token_balance
+from autopay.rails.x402_exact import X402ExactRail
 from autopay.signers import signer_for_payment
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
+from tests.batching import settle_as_one_batch
 from tests.factories import SubscriptionFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
@@ -353,6 +357,97 @@ def test_reconcile_detects_a_transaction_that_disappeared(paying_subscription: A
     assert payment.transaction_hash != "0x" + "ab" * 32
 
 
+def _process_while_no_block_comes(w3: Any, job: Job, worker_id: str) -> engine.Outcome:
+    """Process ``job`` while the chain mines nothing (a broadcast stays pending), then mine."""
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        return engine.process_job(job_id=str(job.pk), worker_id=worker_id)
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+
+
+def _mined_but_not_recorded(job: Job, w3: Any, engine_settings: Any) -> str:
+    """An earlier attempt broadcast, gave up waiting for a block (settlement pending), and its
+    transaction was mined after: the payment has the hash, nobody has the receipt."""
+    engine_settings.CHAIN_CONFIRMATION_TIMEOUT_SECONDS = 0.5
+    assert _process_while_no_block_comes(w3, job, "earlier-worker").status == "delayed"
+    Job.objects.filter(pk=job.pk).update(next_attempt_at=timezone.now())  # its retry is due
+    return str(Payment.objects.get(pk=job.payment_id).transaction_hash)
+
+
+def _settled_outside_the_job(job: Job, w3: Any, engine_settings: Any) -> str:
+    """A lost or racing attempt used the period's authorization and recorded nothing: only the
+    chain knows (authorizationState, then the AuthorizationUsed event)."""
+    payment = job.payment
+    return (
+        X402ExactRail.from_settings()
+        .pay(engine.payment_intent(payment), _NoHooks(payment))
+        .transaction_hash
+    )
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [_mined_but_not_recorded, _settled_outside_the_job],
+    ids=["earlier-attempt-mined-unrecorded", "settled-outside-the-job"],
+)
+def test_an_attempt_completing_by_reconciliation_records_the_transaction_and_its_cost(
+    engine_settings: Any,
+    paying_subscription: Any,
+    w3: Any,
+    api: Any,
+    earlier: Callable[[Job, Any, Any], str],
+) -> None:
+    """The attempt that finds the settlement on chain is the one that records it in the
+    attempts ledger: its transaction and what its gas cost, counted once for the job."""
+    job = payment_trigger(subscription=paying_subscription(amount="1"))
+    tx_hash = earlier(job, w3, engine_settings)
+
+    outcome = engine.process_job(job_id=str(job.pk), worker_id="reconciling-worker")
+
+    assert outcome.status == "completed"
+    job.refresh_from_db()
+    assert job.result is not None
+    assert (job.result["reconciled"], job.result["transactionHash"]) == (True, tx_hash)
+    receipt = w3.eth.get_transaction_receipt(tx_hash)
+    fee = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    attempt = job.attempts.get(worker="reconciling-worker")
+    assert attempt.outcome == "completed"
+    assert attempt.transaction_hashes == [tx_hash]
+    assert (attempt.gas_used, attempt.fee_wei) == (receipt["gasUsed"], fee)
+    assert [a.fee_wei for a in job.attempts.all() if a.fee_wei is not None] == [fee]
+    # The same, as integrators see it.
+    shown = api.get(f"/api/jobs/{job.pk}").json()["data"]["attempts"][-1]
+    assert shown["outcome"] == "completed"
+    assert shown["transactionHashes"] == [tx_hash]
+    assert (shown["gasUsed"], shown["feeWei"]) == (receipt["gasUsed"], str(fee))
+
+
+def test_a_batch_transaction_found_by_reconciliation_is_recorded_without_a_per_job_cost(
+    engine_settings: Any, paying_subscription: Any, w3: Any
+) -> None:
+    """Its gas paid for every payment of the batch: no one job's attempt shows it as its own."""
+    jobs = [payment_trigger(subscription=paying_subscription(amount="1")) for _ in range(2)]
+    settle_as_one_batch([str(job.pk) for job in jobs])
+    found = jobs[0]
+    batch_hash = Payment.objects.get(pk=found.payment_id).transaction_hash
+    # The batch's record of the first payment is lost; the chain still has it.
+    Payment.objects.filter(pk=found.payment_id).update(
+        status=Payment.Status.PENDING, transaction_hash=""
+    )
+    Job.objects.filter(pk=found.pk).update(status=Job.Status.WAITING, attempts_made=0)
+
+    assert engine.process_job(job_id=str(found.pk), worker_id="reconciling-worker").status == (
+        "completed"
+    )
+
+    attempt = Job.objects.get(pk=found.pk).attempts.get(worker="reconciling-worker")
+    assert attempt.transaction_hashes == [batch_hash]
+    assert (attempt.gas_used, attempt.fee_wei) == (None, None)
+    assert w3.eth.get_transaction_receipt(batch_hash)["gasUsed"] > 0
+
+
 # --- where progress stops when a step fails --------------------------------------------------
 
 
@@ -427,12 +522,7 @@ def test_a_settlement_not_yet_mined_stops_at_the_submit_step_then_is_reconciled(
     subscription = paying_subscription(amount="1")
     job = payment_trigger(subscription=subscription)
 
-    w3.provider.make_request("evm_setAutomine", [False])
-    try:
-        outcome = engine.process_job(job_id=str(job.pk), worker_id="test-worker")
-    finally:
-        w3.provider.make_request("evm_setAutomine", [True])
-        w3.provider.make_request("evm_mine", [])
+    outcome = _process_while_no_block_comes(w3, job, "test-worker")
 
     job.refresh_from_db()
     assert outcome.status == "delayed", job.error

@@ -4,14 +4,14 @@ User A owns a funded server-held wallet. User B (hostile, and a staff member act
 tries every way of pointing a subscription at A's wallet: through the API (create by address,
 create by wallet id, PATCH the address, PATCH the wallet, staff PATCH), through the admin, and
 by rows written straight into the database (what older data may hold). After each attempt
-B's subscriptions are triggered and their jobs processed for real on anvil; A's balance must
-not move, and the engine must refuse with ``signer_unavailable`` wherever a foreign wallet
-reached it.
+B's subscriptions are triggered and their jobs processed for real on anvil, through every
+settlement path the engine has (each case runs once per path); A's balance must not move, and
+the engine must refuse with ``signer_unavailable`` wherever a foreign wallet reached it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -27,11 +27,38 @@ from jobs.models import Job
 from jobs.services import payment_trigger
 from subscriptions import services
 from subscriptions.models import Payment, Subscription
+from tests.batching import settle_as_one_batch
 from tests.factories import SubscriptionFactory, UserFactory, new_address
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
 A_FUNDS = 100 * 10**6
+WORKER = "hostile-test"
+
+
+def _settle_one_by_one(job_ids: Sequence[str]) -> None:
+    """The single path: one process message per job (a manual trigger, a retry)."""
+    for job_id in job_ids:
+        engine.process_job(job_id=job_id, worker_id=WORKER)
+
+
+def _settle_in_one_batch(job_ids: Sequence[str]) -> None:
+    """The batch path: the jobs as one settle-batch message (the scan's scheduled work)."""
+    settle_as_one_batch(list(job_ids), WORKER)
+
+
+# Every way a job can be settled. A new path (a merged pipeline) is one more entry here, and
+# every case below then runs through it too.
+SETTLEMENT_PATHS: dict[str, Callable[[Sequence[str]], None]] = {
+    "single": _settle_one_by_one,
+    "batch": _settle_in_one_batch,
+}
+
+
+@pytest.fixture(params=list(SETTLEMENT_PATHS))
+def settle_jobs(request: pytest.FixtureRequest) -> Callable[[Sequence[str]], None]:
+    """Settles job ids through one settlement path (each test runs once per path)."""
+    return SETTLEMENT_PATHS[request.param]
 
 
 @pytest.fixture
@@ -55,17 +82,18 @@ def attackers_subscription(
     )
 
 
-def _trigger_everything_of(owner: Any) -> list[Job]:
-    """Trigger every chargeable subscription of ``owner`` and run each job on the chain."""
+def _trigger_everything_of(owner: Any, settle_jobs: Callable[[Sequence[str]], None]) -> list[Job]:
+    """Trigger every chargeable subscription of ``owner`` and settle the jobs on the chain."""
     jobs = []
     for subscription in Subscription.objects.filter(owner=owner).order_by("pk"):
         try:
-            job = payment_trigger(subscription=subscription)
+            jobs.append(payment_trigger(subscription=subscription))
         except (services.SubscriptionStateError, services.PaymentConflict):
             continue
-        engine.process_job(job_id=str(job.pk), worker_id="hostile-test")
+    if jobs:
+        settle_jobs([str(job.pk) for job in jobs])
+    for job in jobs:
         job.refresh_from_db()
-        jobs.append(job)
     return jobs
 
 
@@ -86,6 +114,7 @@ def test_create_naming_anothers_address_is_refused(
     other_user: Any,
     other_api: APIClient,
     token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
 ) -> None:
     # By address alone (what the original defect allowed), and by address beside B's wallet.
     by_address = other_api.post(
@@ -96,7 +125,7 @@ def test_create_naming_anothers_address_is_refused(
     assert by_address.status_code == 400, by_address.content
     assert "wallet" in by_address.json()["details"]
 
-    _trigger_everything_of(other_user)
+    _trigger_everything_of(other_user, settle_jobs)
     assert Subscription.objects.filter(owner=other_user).count() == 0
     assert token_balance(token_address, victim_wallet.address) == A_FUNDS
 
@@ -108,6 +137,7 @@ def test_create_naming_anothers_wallet_id_is_refused(
     other_api: APIClient,
     attackers_subscription: Subscription,
     token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
 ) -> None:
     with_id = other_api.post(
         "/api/subscriptions/",
@@ -128,7 +158,7 @@ def test_create_naming_anothers_wallet_id_is_refused(
     assert own_wallet_foreign_address.status_code == 400
     assert "payer_address" in own_wallet_foreign_address.json()["details"]
 
-    jobs = _trigger_everything_of(other_user)
+    jobs = _trigger_everything_of(other_user, settle_jobs)
     assert [job.status for job in jobs] == [Job.Status.COMPLETED]  # only B's own, from B
     assert token_balance(token_address, victim_wallet.address) == A_FUNDS
 
@@ -151,6 +181,7 @@ def test_patch_cannot_move_a_subscription_onto_anothers_wallet(
     other_api: APIClient,
     attackers_subscription: Subscription,
     token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
     change: Callable[[Any], dict[str, Any]],
 ) -> None:
     response = other_api.patch(
@@ -160,7 +191,7 @@ def test_patch_cannot_move_a_subscription_onto_anothers_wallet(
 
     attackers_subscription.refresh_from_db()
     assert attackers_subscription.payer_address != victim_wallet.address
-    jobs = _trigger_everything_of(other_user)
+    jobs = _trigger_everything_of(other_user, settle_jobs)
     assert [job.status for job in jobs] == [Job.Status.COMPLETED]
     assert token_balance(token_address, victim_wallet.address) == A_FUNDS
 
@@ -172,6 +203,7 @@ def test_staff_patch_cannot_attach_one_users_wallet_to_anothers_subscription(
     staff_api: APIClient,
     attackers_subscription: Subscription,
     token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
 ) -> None:
     response = staff_api.patch(
         f"/api/subscriptions/{attackers_subscription.pk}",
@@ -181,7 +213,7 @@ def test_staff_patch_cannot_attach_one_users_wallet_to_anothers_subscription(
     assert response.status_code == 400, response.content
     assert "wallet" in response.json()["details"]
 
-    _trigger_everything_of(other_user)
+    _trigger_everything_of(other_user, settle_jobs)
     assert token_balance(token_address, victim_wallet.address) == A_FUNDS
 
 
@@ -191,6 +223,7 @@ def test_admin_cannot_attach_one_users_wallet_to_anothers_subscription(
     other_user: Any,
     attackers_subscription: Subscription,
     token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
 ) -> None:
     operator = UserFactory.create(is_staff=True, is_superuser=True)
     client = Client()
@@ -214,7 +247,7 @@ def test_admin_cannot_attach_one_users_wallet_to_anothers_subscription(
     assert b"The wallet belongs to another user." in response.content
     attackers_subscription.refresh_from_db()
     assert attackers_subscription.wallet_id != victim_wallet.pk
-    _trigger_everything_of(other_user)
+    _trigger_everything_of(other_user, settle_jobs)
     assert token_balance(token_address, victim_wallet.address) == A_FUNDS
 
 
@@ -224,6 +257,7 @@ def test_the_signer_refuses_a_foreign_wallet_that_reached_the_database(
     victim_wallet: Any,
     other_user: Any,
     token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
     attach_wallet: bool,
 ) -> None:
     """Rows no validation saw (old data, a bug elsewhere): the signer is the last wall."""
@@ -235,15 +269,61 @@ def test_the_signer_refuses_a_foreign_wallet_that_reached_the_database(
         amount=Decimal("7"),
     )
 
-    jobs = _trigger_everything_of(other_user)
+    jobs = _trigger_everything_of(other_user, settle_jobs)
 
+    assert token_balance(token_address, victim_wallet.address) == A_FUNDS
     assert [(job.status, job.error_code) for job in jobs] == [
         (Job.Status.FAILED, "signer_unavailable")
     ]
     payment = Payment.objects.get(subscription__owner=other_user)
     assert payment.status == Payment.Status.FAILED
     assert payment.transaction_hash == ""
-    assert token_balance(token_address, victim_wallet.address) == A_FUNDS
+
+
+def test_a_payment_row_drawing_on_anothers_wallet_is_never_signed(
+    engine_settings: Any,
+    victim_wallet: Any,
+    user: Any,
+    other_user: Any,
+    attackers_subscription: Subscription,
+    token_address: str,
+    settle_jobs: Callable[[Sequence[str]], None],
+) -> None:
+    """B's own payment rewritten in the database to draw on A's wallet, with A's address as
+    the payer (what an attacker who found a gap elsewhere would leave), settled together with
+    A's own payment from that wallet, A's first so that A's key is already at hand: A pays
+    A's own period and nothing else; B's is never signed."""
+    victims_subscription = SubscriptionFactory.create(
+        owner=user,
+        wallet=victim_wallet,
+        payer_address=victim_wallet.address,
+        token_address=token_address,
+        amount=Decimal("2"),
+    )
+    victims_job = payment_trigger(subscription=victims_subscription)
+    attackers_job = payment_trigger(subscription=attackers_subscription)
+    Subscription.objects.filter(pk=attackers_subscription.pk).update(
+        wallet=victim_wallet, payer_address=victim_wallet.address
+    )
+    Payment.objects.filter(pk=attackers_job.payment_id).update(
+        wallet=victim_wallet, payer_address=victim_wallet.address
+    )
+
+    settle_jobs([str(victims_job.pk), str(attackers_job.pk)])
+
+    # The money first: A paid A's own 2 and nothing for B.
+    assert token_balance(token_address, victim_wallet.address) == A_FUNDS - 2 * 10**6
+    assert token_balance(token_address, attackers_subscription.recipient_address) == 0
+    victims_job.refresh_from_db()
+    assert victims_job.status == Job.Status.COMPLETED, victims_job.error
+    attackers_job.refresh_from_db()
+    assert (attackers_job.status, attackers_job.error_code) == (
+        Job.Status.FAILED,
+        "signer_unavailable",
+    )
+    payment = Payment.objects.get(pk=attackers_job.payment_id)
+    assert payment.status == Payment.Status.FAILED
+    assert payment.transaction_hash == ""
 
 
 def test_migration_pauses_subscriptions_paid_from_a_foreign_wallet(
