@@ -1,5 +1,6 @@
 """Which jobs a worker may claim: the per-job claim (a process message) and the bulk claim (a
-settle-batch message) must agree, job for job, since a job can reach either way.
+settle-batch message) must agree, job for job (and in the attempts ledger), since a job can
+reach either way.
 
 In this process against the real PostgreSQL: the rule lives in each claim's conditional
 update. Two real workers racing for the same jobs are tested in autopay/test_batch_worker.py.
@@ -112,6 +113,11 @@ def test_a_claim_takes_only_waiting_and_due_jobs_with_attempts_left(
         assert job.lease_expires_at is not None and job.lease_expires_at > timezone.now(), name
         assert job.attempts_made == attempts_before[name] + 1, name
         assert job.next_attempt_at is None, name
+        # Either claim opens the job's attempt in its ledger.
+        (attempt,) = job.attempts.filter(finished_at__isnull=True)
+        assert (attempt.worker, attempt.number) == (WORKER, job.attempts_made), name
+    for name, job in kept_out.items():
+        assert not job.attempts.filter(worker=WORKER).exists(), f"the {name} job got an attempt"
     # Claimed once: the same message again (a redelivery) takes nothing, nor does another
     # worker's.
     assert claim(every_id, WORKER) == set()
