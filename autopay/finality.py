@@ -15,7 +15,9 @@ from django.db import transaction
 from django.db.models import Q
 
 from autopay.chain import client as chain
+from autopay.chain.multicall import raw_receipt
 from autopay.engine import payment_intent
+from core.networks import network_registry, use_network
 from jobs import services as job_services
 from jobs.models import Job
 from subscriptions import errors
@@ -25,17 +27,26 @@ from subscriptions.models import Payment
 logger = logging.getLogger(__name__)
 
 
-def payments_verify_finality(*, batch_size: int = 200) -> dict[str, int]:
-    """Check the completed, not yet final payments whose transaction should be deep enough by
-    now, and those whose block no longer exists (beyond the head after a rollback): finalize,
-    follow or settle them again."""
+def payments_verify_finality(*, batch_size: int = 2000) -> dict[str, int]:
+    """On every configured network: check the completed, not yet final payments whose
+    transaction should be deep enough by now, and those whose block no longer exists (beyond
+    the head after a rollback): finalize, follow or settle them again.
+
+    One receipt per *transaction*, never per payment: a batch transaction carrying 200
+    payments is read once (its raw JSON status and block, not its logs), and its payments are
+    finalized in one statement."""
     summary = {"finalized": 0, "moved": 0, "reorged": 0}
-    # The default chain's payments: a payment on another network (AUTOPAY_NETWORKS) is not
-    # followed to finality yet (its head and receipts are on another chain).
+    for network in network_registry().values():
+        with use_network(network):
+            for key, value in _verify_network(network.network, batch_size=batch_size).items():
+                summary[key] += value
+    return summary
+
+
+def _verify_network(network: str, *, batch_size: int) -> dict[str, int]:
+    summary = {"finalized": 0, "moved": 0, "reorged": 0}
     unfinal = Payment.objects.filter(
-        status=Payment.Status.COMPLETED,
-        finalized_at__isnull=True,
-        network=settings.CHAIN_NETWORK,
+        status=Payment.Status.COMPLETED, finalized_at__isnull=True, network=network
     ).exclude(transaction_hash="")
     if not unfinal.exists():
         return summary
@@ -54,33 +65,49 @@ def payments_verify_finality(*, batch_size: int = 200) -> dict[str, int]:
             :batch_size
         ]
     )
+    by_transaction: dict[str, list[Payment]] = {}
     for payment in candidates:
-        deep_enough = payment.block_number is not None and payment.block_number <= deep_enough_below
+        by_transaction.setdefault(payment.transaction_hash, []).append(payment)
+    w3 = chain.get_web3()
+    for transaction_hash, payments in by_transaction.items():
         try:
-            outcome = _verify(payment, deep_enough=deep_enough)
+            receipt = raw_receipt(w3, transaction_hash)
         except errors.PaymentError as error:
-            logger.warning("finality check of payment %s failed: %s", payment.pk, error.code)
+            logger.warning("finality check of %s failed: %s", transaction_hash, error.code)
             continue
-        if outcome in summary:
-            summary[outcome] += 1
+        if receipt is not None and int(str(receipt.get("status", "0x0")), 16) == 1:
+            block = int(str(receipt["blockNumber"]), 16)
+            final = [
+                payment.pk
+                for payment in payments
+                if payment.block_number == block and block <= deep_enough_below
+            ]
+            summary["finalized"] += subscription_services.payments_finalize(
+                payment_ids=final, transaction_hash=transaction_hash, block_number=block
+            )
+            for payment in payments:
+                if payment.block_number != block:
+                    # Re-mined in another block after a reorg: final once that one is deep.
+                    subscription_services.payment_move_settlement(
+                        payment=payment, transaction_hash=transaction_hash, block_number=block
+                    )
+                    summary["moved"] += 1
+            continue
+        # Gone from the canonical chain (or reverted there): each payment asks the chain
+        # whether its authorization was used meanwhile, else it is settled again.
+        for payment in payments:
+            try:
+                outcome = _verify_gone(payment)
+            except errors.PaymentError as error:
+                logger.warning("finality check of payment %s failed: %s", payment.pk, error.code)
+                continue
+            if outcome in summary:
+                summary[outcome] += 1
     return summary
 
 
-def _verify(payment: Payment, *, deep_enough: bool) -> str:
-    receipt = chain.transaction_receipt(payment.transaction_hash)
-    if receipt is not None and int(receipt["status"]) == 1:
-        block = int(receipt["blockNumber"])
-        if block == payment.block_number:
-            if deep_enough and subscription_services.payment_finalize(
-                payment=payment, block_number=block
-            ):
-                return "finalized"
-            return "unchanged"
-        # Re-mined in another block after a reorg: final once that one is deep enough.
-        subscription_services.payment_move_settlement(
-            payment=payment, transaction_hash=payment.transaction_hash, block_number=block
-        )
-        return "moved"
+def _verify_gone(payment: Payment) -> str:
+    """The payment's transaction is not (or no longer successfully) on the canonical chain."""
     intent = payment_intent(payment)
     if chain.authorization_used(intent.token_address, intent.payer, intent.nonce):
         # The money moved, in another transaction (the same authorization submitted again).

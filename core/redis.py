@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 _clients: dict[tuple[str, float], redis.Redis] = {}
 _lock = threading.Lock()
@@ -25,3 +30,26 @@ def get_redis(*, timeout: float = 5.0, url: str | None = None) -> redis.Redis:
             )
             _clients[(url, timeout)] = client
         return client
+
+
+@contextmanager
+def run_alone(name: str, *, timeout: float) -> Iterator[bool]:
+    """Whether this caller may run ``name`` now: True for one holder at a time on every
+    machine (a Redis lock that expires after ``timeout`` seconds should its holder die), False
+    while another holds it. When Redis does not answer, True: the work is safe to repeat (its
+    rows are the guard), and without Redis no message arrives to overlap with it anyway."""
+    lock = get_redis().lock(f"autopay:run-alone:{name}", timeout=timeout)
+    try:
+        acquired = bool(lock.acquire(blocking=False))
+    except redis.RedisError:
+        logger.warning("%s: Redis unavailable, running without the lock", name)
+        yield True
+        return
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                lock.release()
+            except redis.RedisError:
+                logger.warning("%s: lock not released (it expires by itself)", name)

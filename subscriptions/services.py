@@ -444,17 +444,16 @@ def payment_record_success(
     return locked
 
 
-def payment_finalize(*, payment: Payment, block_number: int) -> bool:
-    """The payment's transaction is final (CHAIN_FINALITY_BLOCKS deep in block ``block_number``):
-    it is not re-verified again."""
-    return bool(
-        Payment.objects.filter(
-            pk=payment.pk,
-            status=Payment.Status.COMPLETED,
-            transaction_hash=payment.transaction_hash,
-            finalized_at__isnull=True,
-        ).update(block_number=block_number, finalized_at=timezone.now())
-    )
+def payments_finalize(*, payment_ids: list[int], transaction_hash: str, block_number: int) -> int:
+    """``payment_finalize`` for the payments of one transaction, in one statement."""
+    if not payment_ids:
+        return 0
+    return Payment.objects.filter(
+        pk__in=payment_ids,
+        status=Payment.Status.COMPLETED,
+        transaction_hash=transaction_hash,
+        finalized_at__isnull=True,
+    ).update(block_number=block_number, finalized_at=timezone.now())
 
 
 def payment_move_settlement(*, payment: Payment, transaction_hash: str, block_number: int) -> bool:

@@ -4,6 +4,7 @@ Redis and PostgreSQL are never touched."""
 
 from __future__ import annotations
 
+import collections
 import glob
 import http.server
 import json
@@ -218,6 +219,9 @@ class RpcProxy:
         self._released = threading.Event()
         self._released.set()
         self.port = free_port()
+        # JSON-RPC requests forwarded or refused, by method (a batch request counts each).
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._calls_lock = threading.Lock()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -226,6 +230,7 @@ class RpcProxy:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.count(body)
                 if proxy.down:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
@@ -265,6 +270,17 @@ class RpcProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def count(self, body: bytes) -> None:
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            return
+        requests = decoded if isinstance(decoded, list) else [decoded]
+        with self._calls_lock:
+            for request in requests:
+                if isinstance(request, dict):
+                    self.calls[str(request.get("method"))] += 1
 
     def start(self) -> RpcProxy:
         self._thread.start()

@@ -138,3 +138,45 @@ def test_a_reorganised_transaction_mined_again_is_followed_to_its_new_block(
     assert payment.block_number == original_block + 1
     _mine(w3, 1)
     assert payments_verify_finality()["finalized"] == 1
+
+
+def test_a_batch_transaction_is_read_once_for_all_its_payments(
+    finality: int,
+    rpc: Any,
+    engine_settings: Any,
+    user: Any,
+    w3: Web3,
+    token_address: str,
+    deployer: Any,
+) -> None:
+    """The sweep reads one receipt per transaction, never one per payment: the 6 payments of
+    a batch cost one eth_getTransactionReceipt, and are finalized together."""
+    from decimal import Decimal
+
+    from autopay.devtools.contracts import mint
+    from autopay.scan import scan_due
+    from tests.batching import confirm, settle
+    from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
+
+    wallet = PayerWalletFactory.create(owner=user)
+    mint(w3, token_address, deployer.key, str(wallet.address), 100 * 10**6)
+    for _ in range(6):
+        SubscriptionFactory.create(
+            owner=user,
+            wallet=wallet,
+            payer_address=wallet.address,
+            recipient_address=new_address(),
+            token_address=token_address,
+            amount=Decimal("1"),
+        )
+    assert scan_due(publish=False).jobs_created == 6
+    (sent,) = settle([str(pk) for pk in Job.objects.values_list("pk", flat=True)])
+    assert confirm(sent).completed == 6
+    _mine(w3, finality)
+
+    rpc.calls.clear()
+    assert payments_verify_finality()["finalized"] == 6
+
+    assert rpc.calls["eth_getTransactionReceipt"] == 1, dict(rpc.calls)
+    assert not Payment.objects.filter(finalized_at__isnull=True).exists()
+    assert payments_verify_finality() == {"finalized": 0, "moved": 0, "reorged": 0}
