@@ -37,9 +37,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from autopay.chain.client import rpc_calls_key
 from autopay.chain.relayer import relayers_out_of_pool
 from autopay.chain.status import networks_status
 from autopay.funding import relayer_funding
+from core.networks import network_registry
 from core.redis import get_redis
 from jobs.alerts import alerts_evaluate
 from jobs.analytics import OPERATOR_SCOPE
@@ -224,6 +226,33 @@ def _network_metrics() -> Iterator[Metric]:
     for network, status, count in rows:
         payments.add_metric([network, status], count)
     yield payments
+    yield from _rpc_metrics()
+
+
+def _rpc_metrics() -> Iterator[Metric]:
+    """Every JSON-RPC request the engine sent to each network, by method (counted in Redis by
+    every worker), and each network's budget: what a rate-limited provider bills and caps."""
+    requests = CounterMetricFamily(
+        "autopay_rpc_requests",
+        "JSON-RPC requests sent to the network's provider, by method (all workers).",
+        labels=["network", "method"],
+    )
+    budget = GaugeMetricFamily(
+        "autopay_rpc_budget_per_second",
+        "The network's max_rpc_per_second (0: no limit).",
+        labels=["network"],
+    )
+    try:
+        client = get_redis(timeout=1.0)
+        for name, config in network_registry().items():
+            budget.add_metric([name], config.max_rpc_per_second)
+            for method, count in client.hgetall(rpc_calls_key(name)).items():
+                requests.add_metric([name, method.decode()], int(count))
+    except Exception:
+        logger.warning("metrics: RPC counts unavailable", exc_info=True)
+        return
+    yield requests
+    yield budget
 
 
 def _settlement_latency() -> Iterator[Metric]:

@@ -422,6 +422,10 @@ CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="http://127.0.0.1:8545")
 CHAIN_ID = env.int("CHAIN_ID", default=31337)
 CHAIN_NETWORK = env.str("CHAIN_NETWORK", default=f"eip155:{CHAIN_ID}")
 CHAIN_RPC_TIMEOUT_SECONDS = env.float("CHAIN_RPC_TIMEOUT_SECONDS", default=10.0)
+# The RPC provider's request budget for the default network (every worker and machine
+# together, a token bucket in Redis; 0: no limit). AUTOPAY_NETWORKS entries set their own
+# ("max_rpc_per_second").
+CHAIN_MAX_RPC_PER_SECOND = env.float("CHAIN_MAX_RPC_PER_SECOND", default=0.0)
 CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
 # A completed payment is re-verified until its transaction is this many blocks deep; one that
 # left the canonical chain (a reorg) is settled again. Per network, see README.

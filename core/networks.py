@@ -13,7 +13,7 @@ token or the relayer key already is.
     [{"network": "eip155:8453", "rpc_urls": ["https://base.a", "https://base.b"],
       "token_address": "0x8335…", "token_name": "USD Coin", "token_version": "2",
       "relayer_private_key": "0x…", "confirmations": 2, "finality_depth": 64,
-      "aggregate3": "0xcA11bde05977b3631167028862bE2a173976CA11"}, …]
+      "aggregate3": "0xcA11bde05977b3631167028862bE2a173976CA11", "max_rpc_per_second": 25}, …]
 
 Unset, the one network of CHAIN_* / TOKEN_* / RELAYER_PRIVATE_KEY is the registry (as before).
 Missing fields take those settings as defaults.
@@ -51,6 +51,9 @@ class NetworkConfig:
     confirmations: int
     finality_depth: int
     aggregate3: str
+    # Requests per second this deployment may send to the network's RPC provider (every
+    # worker and machine together; 0: no limit). Real providers cap it.
+    max_rpc_per_second: float = 0.0
 
     def __repr__(self) -> str:
         # Never the relayer key, even in a traceback.
@@ -97,6 +100,9 @@ def _default(entry: dict[str, Any]) -> NetworkConfig:
         confirmations=int(entry.get("confirmations") or settings.CHAIN_CONFIRMATIONS),
         finality_depth=int(entry.get("finality_depth") or 0),
         aggregate3=str(entry.get("aggregate3") or MULTICALL3_ADDRESS),
+        max_rpc_per_second=float(
+            entry.get("max_rpc_per_second") or (settings.CHAIN_MAX_RPC_PER_SECOND if single else 0)
+        ),
     )
 
 

@@ -10,11 +10,12 @@ import threading
 import time
 from typing import Any
 
+import redis
 import requests
 from django.conf import settings
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
-from web3 import Web3
+from web3 import HTTPProvider, Web3
 from web3.exceptions import (
     BlockNotFound,
     ContractLogicError,
@@ -28,7 +29,8 @@ from autopay.chain.abi import (
     EIP712_DOMAIN_TYPEHASH,
     ERC20_MINIMAL_ABI,
 )
-from core.networks import active_network, rpc_failed
+from core.networks import NetworkConfig, active_network, rpc_failed
+from core.redis import get_redis
 from subscriptions.errors import RpcUnavailable
 
 logger = logging.getLogger(__name__)
@@ -58,25 +60,113 @@ def is_transport_error(exc: BaseException) -> bool:
     return False
 
 
+# A token bucket per network, shared by every process through Redis: refilled at ``rate``
+# tokens a second up to ``burst``; each request takes one. Returns 0 when it may go now, else
+# how many milliseconds until a token is there. Every request is also counted per method.
+_RPC_BUDGET_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+local rate = tonumber(ARGV[1])
+if rate <= 0 then return 0 end
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now_ms
+tokens = math.min(burst, tokens + (now_ms - at) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now_ms))
+redis.call('PEXPIRE', KEYS[1], 60000)
+return wait
+"""
+
+
+def rpc_calls_key(network: str) -> str:
+    """The Redis hash counting every RPC request sent to ``network``, by method."""
+    return f"autopay:rpc:calls:{network}"
+
+
+def rpc_budget_take(*, network: str, per_second: float, method: str, wait_up_to: float) -> None:
+    """Count one request to ``network`` and, under a budget, wait for its token (at most
+    ``wait_up_to`` seconds: then ChainUnavailable, a transient fault the job waits out). When
+    Redis does not answer the request goes (the provider's own limit is the last word)."""
+    deadline = time.monotonic() + wait_up_to
+    burst = max(per_second, 1.0)
+    while True:
+        try:
+            wait_ms = int(
+                get_redis().eval(
+                    _RPC_BUDGET_SCRIPT,
+                    2,
+                    f"autopay:rpc:budget:{network}",
+                    rpc_calls_key(network),
+                    per_second,
+                    burst,
+                    method,
+                )
+            )
+        except redis.RedisError:
+            return
+        if wait_ms <= 0:
+            return
+        if time.monotonic() + wait_ms / 1000 > deadline:
+            raise ChainUnavailable(
+                f"the RPC budget of {network} ({per_second:g} requests/s) is spent for now"
+            )
+        time.sleep(wait_ms / 1000)
+
+
+class BudgetedHTTPProvider(HTTPProvider):
+    """An HTTP provider that counts every request and keeps within its network's budget
+    (``max_rpc_per_second``), whichever code sends it: the engine, the relayer, the rails,
+    the confirmer and the sweeps all reach the chain through ``get_web3``."""
+
+    def __init__(self, url: str, *, network: NetworkConfig, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._network = network.network
+        self._per_second = network.max_rpc_per_second
+
+    def _take(self, method: str) -> None:
+        rpc_budget_take(
+            network=self._network,
+            per_second=self._per_second,
+            method=method,
+            wait_up_to=settings.CHAIN_RPC_TIMEOUT_SECONDS,
+        )
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        self._take(str(method))
+        return super().make_request(method, params)
+
+    def make_batch_request(self, batch_requests: Any) -> Any:
+        for method, _params in batch_requests:
+            self._take(str(method))
+        return super().make_batch_request(batch_requests)
+
+
 def get_web3(rpc_url: str | None = None) -> Web3:
-    """A web3 bound to ``rpc_url`` (default CHAIN_RPC_URL), cached per thread."""
-    url = rpc_url or active_network().rpc_url
-    cache: dict[str, Web3] = getattr(_local, "web3", None) or {}
+    """A web3 bound to ``rpc_url`` (default: the active network's), cached per thread; its
+    requests are counted and kept within the network's RPC budget."""
+    network = active_network()
+    url = rpc_url or network.rpc_url
+    cache: dict[tuple[str, str], Web3] = getattr(_local, "web3", None) or {}
     _local.web3 = cache
-    w3 = cache.get(url)
+    w3 = cache.get((network.network, url))
     if w3 is None:
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        provider = Web3.HTTPProvider(
+        provider = BudgetedHTTPProvider(
             url,
+            network=network,
             request_kwargs={"timeout": settings.CHAIN_RPC_TIMEOUT_SECONDS},
             session=session,
             exception_retry_configuration=None,
         )
         w3 = Web3(provider)
-        cache[url] = w3
+        cache[(network.network, url)] = w3
     return w3
 
 
