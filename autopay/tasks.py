@@ -18,6 +18,7 @@ from autopay.metrics import record_scan
 from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
 from config.idempotency.middleware import idempotency_keys_purge
+from jobs.history import queue_depth_record
 from jobs.services import jobs_purge_completed, jobs_recover, retry_countdown
 from subscriptions.webhooks.services import webhook_events_purge
 
@@ -135,7 +136,8 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
 @shared_task(bind=True, name="autopay.recover_jobs", acks_late=True, ignore_result=True)
 def recover_jobs(self: Any) -> dict[str, int]:
     """Take back jobs whose worker died, republish lost messages, reconcile stuck payments,
-    re-verify completed payments until final (reorgs)."""
+    re-verify completed payments until final (reorgs); sample the queue depth (dashboard)."""
+    queue_depth_record()
     recovered = jobs_recover()
     reconciled = payments_reconcile()
     finality = payments_verify_finality()
