@@ -33,6 +33,11 @@ def _scale_max(values: Sequence[float]) -> float:
     return top if top > 0 else 1.0
 
 
+def _px(value: float) -> str:
+    """A coordinate, to a tenth of a unit (format_html escapes its arguments as text)."""
+    return f"{value:.1f}"
+
+
 def _number(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
 
@@ -47,9 +52,9 @@ def _frame(
     slot = plot_width / max(1, len(labels))
     ticks = format_html_join(
         "",
-        '<text x="{:.1f}" y="{}" text-anchor="middle">{}</text>',
+        '<text x="{}" y="{}" text-anchor="middle">{}</text>',
         (
-            (LEFT + slot * (index + 0.5), HEIGHT - 6, label)
+            (_px(LEFT + slot * (index + 0.5)), HEIGHT - 6, label)
             for index, label in enumerate(labels)
             if index % step == 0
         ),
@@ -120,10 +125,10 @@ def bar_chart(
             y = TOP + plot_height - (base + value) / top * plot_height
             bars.append(
                 (
-                    LEFT + slot * index + slot * 0.15,
-                    y,
-                    slot * 0.7,
-                    height,
+                    _px(LEFT + slot * index + slot * 0.15),
+                    _px(y),
+                    _px(slot * 0.7),
+                    _px(height),
                     PALETTE[number % len(PALETTE)],
                     f"{label} {entry.name}: {_number(value)}{unit}",
                 )
@@ -133,8 +138,7 @@ def bar_chart(
         "{}{}",
         format_html_join(
             "",
-            '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}">'
-            "<title>{}</title></rect>",
+            '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
             bars,
         ),
         _legend(series) if len(series) > 1 else "",
@@ -172,7 +176,12 @@ def line_chart(
             y = TOP + plot_height - float(value) / top * plot_height
             segment.append(f"{x:.1f},{y:.1f}")
             points.append(
-                (x, y, colour, f"{labels[index]} {entry.name}: {_number(float(value))}{unit}")
+                (
+                    _px(x),
+                    _px(y),
+                    colour,
+                    f"{labels[index]} {entry.name}: {_number(float(value))}{unit}",
+                )
             )
         if segment:
             segments.append(segment)
@@ -186,7 +195,7 @@ def line_chart(
         ),
         format_html_join(
             "",
-            '<circle cx="{:.1f}" cy="{:.1f}" r="2" fill="{}"><title>{}</title></circle>',
+            '<circle cx="{}" cy="{}" r="2" fill="{}"><title>{}</title></circle>',
             points,
         ),
         _legend(series),
