@@ -34,8 +34,9 @@ def atomic_money_text(value: int | None, *, decimals: int, network: str) -> str:
     return money_text(Decimal(value).scaleb(-decimals), decimals=decimals, network=network)
 
 
-def age_text(seconds: float | None) -> str:
-    """A duration for people: '45 s', '12 min 5 s', '3 h 20 min', '2 d 4 h'."""
+def age_text(seconds: float | None, *, coarse: bool = False) -> str:
+    """A duration for people: '45 s', '12 min 5 s', '3 h 20 min', '2 d 4 h' (coarse: the
+    largest unit only, '12 min', for a list column)."""
     if seconds is None:
         return "-"
     whole = int(seconds)
@@ -43,11 +44,11 @@ def age_text(seconds: float | None) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{days} d {hours} h"
+        return f"{days} d" if coarse else f"{days} d {hours} h"
     if hours:
-        return f"{hours} h {minutes} min"
+        return f"{hours} h" if coarse else f"{hours} h {minutes} min"
     if minutes:
-        return f"{minutes} min {secs} s"
+        return f"{minutes} min" if coarse else f"{minutes} min {secs} s"
     return f"{secs} s"
 
 
@@ -58,14 +59,14 @@ def time_text(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def ago_text(value: datetime | None, *, now: datetime | None = None) -> str:
+def ago_text(value: datetime | None, *, now: datetime | None = None, coarse: bool = False) -> str:
     """``12 min 5 s ago`` (``in 3 h 0 min`` for a time still to come)."""
     if value is None:
         return ""
     seconds = ((now or timezone.now()) - value).total_seconds()
     if seconds < 0:
-        return f"in {age_text(-seconds)}"
-    return f"{age_text(seconds)} ago"
+        return f"in {age_text(-seconds, coarse=coarse)}"
+    return f"{age_text(seconds, coarse=coarse)} ago"
 
 
 def time_with_age(value: datetime | None) -> SafeString | str:
@@ -133,3 +134,8 @@ def status_badge(status: str, label: str | None = None) -> SafeString:
     return format_html(
         '<span class="autopay-badge autopay-badge-{}">{}</span>', status, label or status
     )
+
+
+def age_cell(value: datetime) -> SafeString:
+    """A list's age column: '12 min ago', the exact time in UTC on hover."""
+    return format_html('<span title="{}">{}</span>', time_text(value), ago_text(value, coarse=True))

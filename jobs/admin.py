@@ -13,15 +13,15 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
 from config.admin_filters import RangeListFilter
 from config.admin_log import admin_log_action
 from config.console import (
-    ago_text,
+    age_cell,
     json_block,
     money_text,
     status_badge,
-    time_text,
     time_with_age,
     transaction_link,
 )
@@ -31,6 +31,10 @@ from jobs.exports import JOB_CSV_COLUMNS
 from jobs.models import Job, JobAttempt
 
 WEI_PER_ETHER = Decimal(10**18)
+# Characters of an attempt's error in the timeline (the whole error is the job's "Error").
+ERROR_SHOWN = 200
+# Characters of a service name in the jobs list (the whole name is the link's title).
+SERVICE_NAME_SHOWN = 18
 
 
 def _ms(value: Any) -> str:
@@ -81,39 +85,38 @@ def attempt_timeline(attempts: list[JobAttempt], *, network: str) -> SafeString:
                 _seconds(waited),
                 attempt.worker,
                 attempt.error_code,
-                attempt.error_message[:300],
+                Truncator(attempt.error_message).chars(ERROR_SHOWN),
                 _transactions(network, attempt.transaction_hashes or []),
                 _fee(attempt),
             )
         )
-    header = (
-        "#",
-        "Outcome",
-        "Started (UTC)",
-        "Finished (UTC)",
-        "Took",
-        "Waited before",
-        "Worker",
-        "Error code",
-        "Error",
-        "Transactions",
-        "Fee (relayer)",
+    # (header, class): "wrap" columns break long words (worker names, errors, hashes); the
+    # others break at spaces only, so that numbers and dates stay readable.
+    columns = (
+        ("#", ""),
+        ("Outcome", ""),
+        ("Started (UTC)", "time"),
+        ("Finished (UTC)", "time"),
+        ("Took", "nowrap"),
+        ("Waited before", "nowrap"),
+        ("Worker", "wrap"),
+        ("Error code", ""),
+        ("Error", "wrap error"),
+        ("Transactions", "nowrap"),
+        ("Fee (relayer)", "time"),
     )
+    cells = "".join(f'<td class="{css}">{{}}</td>' for _, css in columns)
     return format_html(
         '<table class="attempt-timeline"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
-        format_html_join("", "<th>{}</th>", ((name,) for name in header)),
-        format_html_join(
-            "",
-            "<tr>" + "<td>{}</td>" * len(header) + "</tr>",
-            rows,
-        ),
+        format_html_join("", "<th>{}</th>", ((name,) for name, _ in columns)),
+        format_html_join("", "<tr>" + cells + "</tr>", rows),
     )
 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    # What an operator scans, fitting 1280 px: the full id, the times and the error text are
-    # on the job's page (the id is searchable in full).
+    # What an operator scans, fitting 1280 px: the full id, the source, the times and the
+    # error text are on the job's page (the id is searchable in full, the source a filter).
     list_display = (
         "short_id",
         "subscription_link",
@@ -123,7 +126,6 @@ class JobAdmin(admin.ModelAdmin):
         "error_code",
         "amount",
         "network",
-        "source",
         "age",
     )
     list_display_links = ("short_id",)
@@ -198,7 +200,11 @@ class JobAdmin(admin.ModelAdmin):
     def subscription_link(self, job: Job) -> SafeString:
         url = reverse("admin:subscriptions_subscription_change", args=[job.subscription_id])
         return format_html(
-            '<a href="{}">#{} {}</a>', url, job.subscription_id, job.subscription.service_name
+            '<a href="{}" title="{}">#{} {}</a>',
+            url,
+            job.subscription.service_name,
+            job.subscription_id,
+            Truncator(job.subscription.service_name).chars(SERVICE_NAME_SHOWN),
         )
 
     @admin.display(description="Payment", ordering="payment_id")
@@ -240,9 +246,7 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Age", ordering="created_at")
     def age(self, job: Job) -> SafeString:
-        return format_html(
-            '<span title="{}">{}</span>', time_text(job.created_at), ago_text(job.created_at)
-        )
+        return age_cell(job.created_at)
 
     @admin.display(description="Transaction")
     def transaction(self, job: Job) -> SafeString:

@@ -14,7 +14,7 @@ from django.utils.safestring import SafeString
 
 WIDTH = 560
 HEIGHT = 180
-LEFT = 44
+LEFT = 70
 BOTTOM = 22
 TOP = 10
 RIGHT = 8

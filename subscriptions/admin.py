@@ -17,7 +17,7 @@ from config.admin_filters import RangeListFilter
 from config.admin_log import admin_log_action
 from config.console import (
     address_link,
-    ago_text,
+    age_cell,
     atomic_money_text,
     money_text,
     status_badge,
@@ -509,11 +509,7 @@ class PaymentAdmin(TokenAmountMixin, admin.ModelAdmin):
 
     @admin.display(description="Age", ordering="created_at")
     def age(self, payment: Payment) -> SafeString:
-        return format_html(
-            '<span title="{}">{}</span>',
-            time_text(payment.created_at),
-            ago_text(payment.created_at),
-        )
+        return age_cell(payment.created_at)
 
     @admin.display(description="What happened")
     def timeline(self, payment: Payment) -> SafeString:
