@@ -84,8 +84,11 @@ def attempt_timeline(attempts: list[JobAttempt], *, network: str) -> SafeString:
                 _seconds(attempt.duration_ms),
                 _seconds(waited),
                 attempt.worker,
-                attempt.error_code,
-                Truncator(attempt.error_message).chars(ERROR_SHOWN),
+                format_html(
+                    "<code>{}</code> {}",
+                    attempt.error_code,
+                    Truncator(attempt.error_message).chars(ERROR_SHOWN),
+                ),
                 _transactions(network, attempt.transaction_hashes or []),
                 _fee(attempt),
             )
@@ -99,11 +102,10 @@ def attempt_timeline(attempts: list[JobAttempt], *, network: str) -> SafeString:
         ("Finished (UTC)", "time"),
         ("Took", "nowrap"),
         ("Waited before", "nowrap"),
-        ("Worker", "wrap"),
-        ("Error code", ""),
+        ("Worker", "wrap worker"),
         ("Error", "wrap error"),
         ("Transactions", "nowrap"),
-        ("Fee (relayer)", "time"),
+        ("Fee (relayer)", "fee"),
     )
     cells = "".join(f'<td class="{css}">{{}}</td>' for _, css in columns)
     return format_html(
@@ -160,7 +162,7 @@ class JobAdmin(admin.ModelAdmin):
                     "progress",
                     "attempts",
                     "source",
-                    "subscription_link",
+                    "subscription_full",
                     "payment_link",
                     "amount",
                     "network",
@@ -205,6 +207,13 @@ class JobAdmin(admin.ModelAdmin):
             job.subscription.service_name,
             job.subscription_id,
             Truncator(job.subscription.service_name).chars(SERVICE_NAME_SHOWN),
+        )
+
+    @admin.display(description="Subscription")
+    def subscription_full(self, job: Job) -> SafeString:
+        url = reverse("admin:subscriptions_subscription_change", args=[job.subscription_id])
+        return format_html(
+            '<a href="{}">#{} {}</a>', url, job.subscription_id, job.subscription.service_name
         )
 
     @admin.display(description="Payment", ordering="payment_id")

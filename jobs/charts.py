@@ -160,8 +160,8 @@ def line_chart(
     top = top if top is not None else _scale_max(values)
     plot_height = HEIGHT - BOTTOM - TOP
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
-    lines = []
-    points = []
+    lines: list[tuple[str, str]] = []
+    points: list[tuple[str, str, str, str]] = []
     for number, entry in enumerate(series):
         colour = PALETTE[number % len(PALETTE)]
         segment: list[str] = []

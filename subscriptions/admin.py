@@ -278,9 +278,9 @@ class SubscriptionAdmin(TokenAmountMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return self.readonly_fields
-        fixed = (*FIXED_AFTER_CREATION, "mode", "payer_address")
+        fixed = [*FIXED_AFTER_CREATION, "mode", "payer_address"]
         if obj.is_presigned:
-            fixed = (*fixed, "signer")
+            fixed.append("signer")
         return (*fixed, *self.readonly_fields)
 
     @admin.display(description="Every", ordering="interval_unit")
