@@ -137,7 +137,6 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
 def recover_jobs(self: Any) -> dict[str, int]:
     """Take back jobs whose worker died, republish lost messages, reconcile stuck payments,
     re-verify completed payments until final (reorgs); sample the queue depth (dashboard)."""
-    queue_depth_record()
     recovered = jobs_recover()
     reconciled = payments_reconcile()
     finality = payments_verify_finality()
@@ -150,6 +149,8 @@ def recover_jobs(self: Any) -> dict[str, int]:
     }
     if any(summary.values()):
         logger.info("recovery: %s", summary)
+    # Last: a sample that fails never holds up the recovery itself.
+    queue_depth_record()
     return summary
 
 

@@ -16,10 +16,15 @@ from django.utils import timezone
 from eth_account import Account
 
 from jobs.history import queue_depth_record
-from jobs.models import Job, JobAttempt
+from jobs.models import Job
 from subscriptions.models import Payment, PresignedAuthorization, Subscription
 from subscriptions.services import payment_build
-from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
+from tests.factories import (
+    PayerWalletFactory,
+    SubscriptionFactory,
+    new_address,
+    settled_payment,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -38,38 +43,12 @@ def page(client: Client, url: str) -> str:
     return response.content.decode()
 
 
-def settled(subscription: Subscription, *, index: int, transaction_hash: str) -> Payment:
-    payment = payment_build(subscription=subscription, index=index)
-    payment.amount = Decimal("7.5")
-    payment.status = Payment.Status.COMPLETED
-    payment.transaction_hash = transaction_hash
-    payment.block_number = 7
-    payment.completed_at = timezone.now()
-    payment.valid_after = 1_767_225_600  # 2026-01-01 00:00:00 UTC
-    payment.valid_before = 1_767_229_200
-    payment.save()
-    job = Job.objects.create(
-        subscription=subscription, payment=payment, status=Job.Status.COMPLETED, progress=100
-    )
-    JobAttempt.objects.create(
-        job=job,
-        number=1,
-        outcome=JobAttempt.Outcome.COMPLETED,
-        started_at=timezone.now(),
-        finished_at=timezone.now(),
-        transaction_hashes=[transaction_hash],
-        gas_used=120000,
-        fee_wei=Decimal("240000000000000"),
-    )
-    return payment
-
-
 def test_amounts_carry_the_token_decimals_and_symbol_everywhere(
     operator: Client, settings: Any
 ) -> None:
     settings.TOKEN_SYMBOL = "USDX"
     subscription = SubscriptionFactory.create(amount=Decimal("7.5"))
-    payment = settled(subscription, index=0, transaction_hash="0x" + "11" * 32)
+    payment = settled_payment(subscription, index=0, transaction_hash="0x" + "11" * 32)
 
     assert "7.500000 USDX" in page(operator, "/admin/subscriptions/subscription/")
     assert "7.500000 USDX" in page(operator, "/admin/subscriptions/payment/")
@@ -87,7 +66,7 @@ def test_payment_page_dates_timestamps_and_links_the_explorer(
 ) -> None:
     settings.CHAIN_EXPLORER_URL = EXPLORER + "/"
     subscription = SubscriptionFactory.create()
-    payment = settled(subscription, index=0, transaction_hash="0x" + "22" * 32)
+    payment = settled_payment(subscription, index=0, transaction_hash="0x" + "22" * 32)
 
     html = page(operator, f"/admin/subscriptions/payment/{payment.pk}/change/")
 
@@ -108,7 +87,7 @@ def test_network_entries_name_their_own_symbol_and_explorer(
         {"network": "eip155:8453", "token_symbol": "bUSDC", "explorer_url": "https://base.ex"},
     ]
     subscription = SubscriptionFactory.create(network="eip155:8453")
-    payment = settled(subscription, index=0, transaction_hash="0x" + "33" * 32)
+    payment = settled_payment(subscription, index=0, transaction_hash="0x" + "33" * 32)
 
     html = page(operator, f"/admin/subscriptions/payment/{payment.pk}/change/")
 
@@ -287,9 +266,9 @@ def _saved_payment(subscription: Subscription, index: int) -> Payment:
 def test_settlement_pages_group_payments_by_transaction(operator: Client) -> None:
     subscription = SubscriptionFactory.create()
     batch_hash = "0x" + "44" * 32
-    first = settled(subscription, index=0, transaction_hash=batch_hash)
-    second = settled(subscription, index=1, transaction_hash=batch_hash)
-    settled(subscription, index=2, transaction_hash="0x" + "55" * 32)
+    first = settled_payment(subscription, index=0, transaction_hash=batch_hash)
+    second = settled_payment(subscription, index=1, transaction_hash=batch_hash)
+    settled_payment(subscription, index=2, transaction_hash="0x" + "55" * 32)
 
     listing = page(operator, "/admin/dashboard/settlements/")
     row = re.search(rf'<tr id="settlement-{batch_hash}">.*?</tr>', listing, re.S)

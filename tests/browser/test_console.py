@@ -10,7 +10,6 @@ import io
 import os
 from collections.abc import Iterator
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobAttempt
 from subscriptions.models import Payment, Subscription
-from subscriptions.services import payment_build
-from tests.factories import SubscriptionFactory, UserFactory, failed_job
+from tests.factories import SubscriptionFactory, UserFactory, failed_job, settled_payment
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -86,29 +84,17 @@ def console_data(settings: Any) -> dict[str, Any]:
     Job.objects.filter(pk=job.pk).update(
         data={"subscriptionId": str(subscription.pk), "nested": {"keys": list(range(30))}}
     )
-    batch = []
-    for index in (1, 2):
-        payment = payment_build(subscription=subscription, index=index)
-        payment.amount = Decimal("12.5")
-        payment.status = Payment.Status.COMPLETED
-        payment.transaction_hash = "0x" + "cd" * 32
-        payment.block_number = 42
-        payment.completed_at = timezone.now() - timedelta(minutes=index)
-        payment.save()
-        settled = Job.objects.create(
-            subscription=subscription, payment=payment, status=Job.Status.COMPLETED, progress=100
-        )
-        JobAttempt.objects.create(
-            job=settled,
-            number=1,
-            outcome=JobAttempt.Outcome.COMPLETED,
-            started_at=timezone.now() - timedelta(minutes=3),
-            finished_at=timezone.now() - timedelta(minutes=3),
-            transaction_hashes=[payment.transaction_hash],
+    batch = [
+        settled_payment(
+            subscription,
+            index=index,
+            transaction_hash="0x" + "cd" * 32,
+            amount="12.5",
             gas_used=98765,
-            fee_wei=Decimal("197530000000000"),
+            fee_wei=197_530_000_000_000,
         )
-        batch.append(payment)
+        for index in (1, 2)
+    ]
     return {"operator": operator, "job": job, "subscription": subscription, "batch": batch}
 
 
