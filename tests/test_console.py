@@ -15,7 +15,8 @@ from django.test import Client
 from django.utils import timezone
 from eth_account import Account
 
-from jobs.history import queue_depth_record
+from autopay.tasks import recover_jobs
+from jobs.history import queue_depth_history, queue_depth_record
 from jobs.models import Job
 from subscriptions.models import Payment, PresignedAuthorization, Subscription
 from subscriptions.services import payment_build
@@ -255,6 +256,17 @@ def test_dashboard_draws_the_sampled_queue_depth_per_network(
     assert chart is not None
     values = re.findall(r"eip155:31337: (\d+)</title>", chart.group(0))
     assert values == ["3", "2"]
+
+
+def test_the_recovery_task_samples_open_jobs_per_network(clean_redis: Any) -> None:
+    subscription = SubscriptionFactory.create()
+    for index in range(2):
+        Job.objects.create(subscription=subscription, payment=_saved_payment(subscription, index))
+
+    recover_jobs.apply()
+
+    samples = queue_depth_history(hours=1)
+    assert samples is not None and samples[-1].open_jobs == {"eip155:31337": 2}
 
 
 def _saved_payment(subscription: Subscription, index: int) -> Payment:
