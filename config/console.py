@@ -15,6 +15,7 @@ from typing import Any
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
 from config.networks import explorer_link, token_symbol
 
@@ -99,8 +100,9 @@ def json_block(value: Any) -> SafeString:
 
 
 def short_hash(value: str) -> str:
-    """``0x1234abcd…9f3e21``: enough to recognise, short enough for a list."""
-    return f"{value[:10]}…{value[-6:]}" if len(value) > 20 else value
+    """``0x1234ab…3e21``: enough to recognise, short enough for a list (the whole hash is
+    the title, and searchable)."""
+    return f"{value[:8]}…{value[-4:]}" if len(value) > 16 else value
 
 
 def transaction_link(network: str, transaction_hash: str, *, short: bool = True) -> SafeString:
@@ -139,3 +141,23 @@ def status_badge(status: str, label: str | None = None) -> SafeString:
 def age_cell(value: datetime) -> SafeString:
     """A list's age column: '12 min ago', the exact time in UTC on hover."""
     return format_html('<span title="{}">{}</span>', time_text(value), ago_text(value, coarse=True))
+
+
+# Characters of a name in a list column (the whole name is the link's title).
+NAME_SHOWN = 18
+
+
+def short_link(url: str, prefix: str, name: str) -> SafeString:
+    """``#7 Pro plan with a l…`` linking to ``url``, for a list column."""
+    return format_html(
+        '<a href="{}" title="{}">{} {}</a>', url, name, prefix, Truncator(name).chars(NAME_SHOWN)
+    )
+
+
+def date_cell(value: datetime | None) -> SafeString:
+    """A list's date column: the day, the exact time in UTC on hover."""
+    if value is None:
+        return format_html("{}", "-")
+    return format_html(
+        '<span title="{}">{}</span>', time_text(value), value.astimezone(UTC).date().isoformat()
+    )

@@ -21,6 +21,7 @@ from config.console import (
     age_cell,
     json_block,
     money_text,
+    short_link,
     status_badge,
     time_with_age,
     transaction_link,
@@ -33,8 +34,6 @@ from jobs.models import Job, JobAttempt
 WEI_PER_ETHER = Decimal(10**18)
 # Characters of an attempt's error in the timeline (the whole error is the job's "Error").
 ERROR_SHOWN = 200
-# Characters of a service name in the jobs list (the whole name is the link's title).
-SERVICE_NAME_SHOWN = 18
 
 
 def _ms(value: Any) -> str:
@@ -201,13 +200,7 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="Subscription", ordering="subscription_id")
     def subscription_link(self, job: Job) -> SafeString:
         url = reverse("admin:subscriptions_subscription_change", args=[job.subscription_id])
-        return format_html(
-            '<a href="{}" title="{}">#{} {}</a>',
-            url,
-            job.subscription.service_name,
-            job.subscription_id,
-            Truncator(job.subscription.service_name).chars(SERVICE_NAME_SHOWN),
-        )
+        return short_link(url, f"#{job.subscription_id}", job.subscription.service_name)
 
     @admin.display(description="Subscription")
     def subscription_full(self, job: Job) -> SafeString:

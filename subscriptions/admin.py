@@ -12,14 +12,18 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
 from config.admin_filters import RangeListFilter
 from config.admin_log import admin_log_action
 from config.console import (
+    NAME_SHOWN,
     address_link,
     age_cell,
     atomic_money_text,
+    date_cell,
     money_text,
+    short_link,
     status_badge,
     time_text,
     time_with_age,
@@ -225,18 +229,20 @@ class SubscriptionAdminForm(forms.ModelForm):
 @admin.register(Subscription)
 class SubscriptionAdmin(TokenAmountMixin, admin.ModelAdmin):
     form = SubscriptionAdminForm
+    # Fits 1280 px: long names are cut (the whole name on hover), times are days.
     list_display = (
         "id",
-        "service_name",
+        "service",
         "owner",
         "token_amount",
         "every",
-        "mode",
+        "mode_value",
         "status_shown",
-        "auto_pay_enabled",
-        "next_payment_due_at",
-        "dunning_attempts",
+        "auto_pay",
+        "next_payment_due_day",
+        "dunning",
     )
+    list_display_links = ("id", "service")
     list_filter = (
         "status",
         "mode",
@@ -282,6 +288,30 @@ class SubscriptionAdmin(TokenAmountMixin, admin.ModelAdmin):
         if obj.is_presigned:
             fixed.append("signer")
         return (*fixed, *self.readonly_fields)
+
+    @admin.display(description="Service", ordering="service_name")
+    def service(self, subscription: Subscription) -> SafeString:
+        return format_html(
+            '<span title="{}">{}</span>',
+            subscription.service_name,
+            Truncator(subscription.service_name).chars(NAME_SHOWN),
+        )
+
+    @admin.display(description="Mode", ordering="mode")
+    def mode_value(self, subscription: Subscription) -> str:
+        return subscription.mode
+
+    @admin.display(description="Auto-pay", ordering="auto_pay_enabled", boolean=True)
+    def auto_pay(self, subscription: Subscription) -> bool:
+        return subscription.auto_pay_enabled
+
+    @admin.display(description="Next payment due", ordering="next_payment_due_at")
+    def next_payment_due_day(self, subscription: Subscription) -> SafeString:
+        return date_cell(subscription.next_payment_due_at)
+
+    @admin.display(description="Dunning", ordering="dunning_attempts")
+    def dunning(self, subscription: Subscription) -> int:
+        return subscription.dunning_attempts
 
     @admin.display(description="Every", ordering="interval_unit")
     def every(self, subscription: Subscription) -> str:
@@ -381,8 +411,8 @@ class SubscriptionAdmin(TokenAmountMixin, admin.ModelAdmin):
 class PaymentAdmin(TokenAmountMixin, admin.ModelAdmin):
     list_display = (
         "id",
-        "subscription_link",
-        "period_start",
+        "subscription_short",
+        "period_day",
         "token_amount",
         "status_shown",
         "error_code",
@@ -475,6 +505,15 @@ class PaymentAdmin(TokenAmountMixin, admin.ModelAdmin):
             payment.subscription_id,
             payment.subscription.service_name,
         )
+
+    @admin.display(description="Subscription", ordering="subscription_id")
+    def subscription_short(self, payment: Payment) -> SafeString:
+        url = reverse("admin:subscriptions_subscription_change", args=[payment.subscription_id])
+        return short_link(url, f"#{payment.subscription_id}", payment.subscription.service_name)
+
+    @admin.display(description="Period", ordering="period_start")
+    def period_day(self, payment: Payment) -> SafeString:
+        return date_cell(payment.period_start)
 
     @admin.display(description="Period")
     def period(self, payment: Payment) -> str:

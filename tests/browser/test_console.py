@@ -196,13 +196,20 @@ def test_operator_console_in_a_browser(
     page.goto(f"{base}/admin/subscriptions/payment/{payment.pk}/change/")
     assert page.locator(f'a[href="{EXPLORER}/tx/{payment.transaction_hash}"]').count() >= 1
     assert "12.500000 USDC" in page.inner_text("#content-main")
-    look(page, "05-payment")
+    look(page, "05-payment-page")
+
+    # The payments and subscriptions lists fit too.
+    page.goto(f"{base}/admin/subscriptions/payment/")
+    assert "12.500000 USDC" in page.inner_text("#result_list")
+    look(page, "05-payments")
+    page.goto(f"{base}/admin/subscriptions/subscription/")
+    look(page, "06-subscriptions")
 
     # The subscription page explains its two cursors.
     subscription: Subscription = console_data["subscription"]
     page.goto(f"{base}/admin/subscriptions/subscription/{subscription.pk}/change/")
     assert "Start of the earliest period not paid yet" in page.inner_text("#content-main")
-    look(page, "06-subscription")
+    look(page, "06-subscription-page")
 
     # The settlement transaction: both payments of the batch, gas and fee.
     page.goto(f"{base}/admin/dashboard/settlements/")
