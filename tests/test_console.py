@@ -26,6 +26,7 @@ from tests.factories import (
     new_address,
     settled_payment,
 )
+from tests.test_admin import admin_form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -134,66 +135,37 @@ def test_subscription_page_explains_both_cursors_and_shows_the_resource(
     assert "https://paid.example/report" in html
 
 
-def add_form(owner: Any, **overrides: Any) -> dict[str, Any]:
-    data = {
-        "owner": str(owner.pk),
-        "service_name": "Made in the admin",
-        "recipient_address": new_address(),
-        "amount": "5",
-        "token_address": overrides.pop("token_address"),
-        "token_decimals": "6",
-        "network": "eip155:31337",
-        "interval_unit": "month",
-        "interval_count": "1",
-        "billing_anchor_0": "2026-01-31",
-        "billing_anchor_1": "10:00:00",
-        "auto_pay_enabled": "on",
-        "resource_method": "GET",
-        "payments-TOTAL_FORMS": "0",
-        "payments-INITIAL_FORMS": "0",
-        "payments-MIN_NUM_FORMS": "0",
-        "payments-MAX_NUM_FORMS": "0",
-    }
-    data.update(overrides)
-    return data
+def add_subscription(client: Client, owner: Any, **fields: Any) -> Any:
+    """Post the admin's add form as a browser would (the test_admin form, billed from 2025-01-31
+    10:00 UTC) with ``fields`` changed; "wallet": "" posts none."""
+    return client.post(
+        "/admin/subscriptions/subscription/add/",
+        admin_form_data(None, owner=str(owner.pk), **{"resource_method": "GET", **fields}),
+    )
 
 
 def test_admin_creates_a_presigned_subscription(
     operator: Client, staff_user: Any, settings: Any
 ) -> None:
     payer = new_address()
-    response = operator.post(
-        "/admin/subscriptions/subscription/add/",
-        add_form(
-            staff_user, token_address=settings.TOKEN_ADDRESS, mode="presigned", payer_address=payer
-        ),
+    response = add_subscription(
+        operator, staff_user, mode="presigned", payer_address=payer, wallet=""
     )
 
     assert response.status_code == 302, response.content.decode()[:3000]
     subscription = Subscription.objects.get()
     assert subscription.mode == Subscription.Mode.PRESIGNED
     assert subscription.payer_address == payer and subscription.wallet_id is None
-    assert subscription.next_payment_due_at == datetime(2026, 1, 31, 10, tzinfo=UTC)
+    assert subscription.next_payment_due_at == datetime(2025, 1, 31, 10, tzinfo=UTC)
 
 
 def test_admin_refuses_a_presigned_subscription_with_a_wallet_or_without_a_signer(
     operator: Client, staff_user: Any, settings: Any
 ) -> None:
-    wallet = PayerWalletFactory.create(owner=staff_user)
-    with_wallet = operator.post(
-        "/admin/subscriptions/subscription/add/",
-        add_form(
-            staff_user,
-            token_address=settings.TOKEN_ADDRESS,
-            mode="presigned",
-            payer_address=new_address(),
-            wallet=str(wallet.pk),
-        ),
+    with_wallet = add_subscription(
+        operator, staff_user, mode="presigned", payer_address=new_address()
     )
-    without_signer = operator.post(
-        "/admin/subscriptions/subscription/add/",
-        add_form(staff_user, token_address=settings.TOKEN_ADDRESS, mode="presigned"),
-    )
+    without_signer = add_subscription(operator, staff_user, mode="presigned", wallet="")
 
     assert "A pre-signed subscription has no server-held wallet." in with_wallet.content.decode()
     assert "Name the address that will sign each period." in without_signer.content.decode()
@@ -205,28 +177,21 @@ def test_admin_creates_an_x402_http_subscription_on_allowed_hosts_only(
 ) -> None:
     settings.AUTOPAY_RESOURCE_ALLOWED_HOSTS = ["paid.example"]
     wallet = PayerWalletFactory.create(owner=staff_user)
-    refused = operator.post(
-        "/admin/subscriptions/subscription/add/",
-        add_form(
-            staff_user,
-            token_address=settings.TOKEN_ADDRESS,
-            mode="custodial",
-            wallet=str(wallet.pk),
-            resource_url="https://elsewhere.example/pay",
-        ),
+    refused = add_subscription(
+        operator,
+        staff_user,
+        wallet=str(wallet.pk),
+        resource_url="https://elsewhere.example/pay",
     )
     assert refused.status_code == 200 and not Subscription.objects.exists()
 
-    response = operator.post(
-        "/admin/subscriptions/subscription/add/",
-        add_form(
-            staff_user,
-            token_address=settings.TOKEN_ADDRESS,
-            mode="custodial",
-            wallet=str(wallet.pk),
-            resource_url="https://paid.example/pay",
-            resource_method="POST",
-        ),
+    response = add_subscription(
+        operator,
+        staff_user,
+        mode="custodial",
+        wallet=str(wallet.pk),
+        resource_url="https://paid.example/pay",
+        resource_method="POST",
     )
 
     assert response.status_code == 302, response.content.decode()[:3000]
