@@ -11,12 +11,14 @@ class AutopayConfig(AppConfig):
         from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
         from autopay.funding import relayer_unfunded_alert, relayers_health
+        from autopay.relayers_page import RELAYERS_PAGE
         from autopay.tasks import process_autopay_job, settle_batch
         from core.health import (
             register_health_section,
             register_network_report,
             register_payment_check,
         )
+        from jobs.console_pages import console_page_register
         from jobs.queue import register_payment_tasks
 
         register_payment_tasks(process=process_autopay_job, settle_batch=settle_batch)
@@ -25,3 +27,5 @@ class AutopayConfig(AppConfig):
         register_payment_check(configuration_problems)
         register_network_report(networks_report)
         register_health_section("relayers", relayers_health)
+        # The console's relayers page (under /admin/dashboard/, linked from the dashboard).
+        console_page_register(RELAYERS_PAGE)

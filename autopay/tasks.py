@@ -19,6 +19,7 @@ from autopay.reconcile import payments_reconcile
 from autopay.scan import scan_due
 from core.idempotency.middleware import idempotency_keys_purge
 from core.redis import run_alone
+from jobs.history import queue_depth_record
 from jobs.services import jobs_purge_completed, jobs_recover, retry_countdown
 from subscriptions.webhooks.services import webhook_events_purge
 
@@ -136,9 +137,10 @@ def scan_due_subscriptions(self: Any, helper: bool = False) -> dict[str, int]:
 @shared_task(bind=True, name="autopay.recover_jobs", acks_late=True, ignore_result=True)
 def recover_jobs(self: Any) -> dict[str, int]:
     """Take back jobs whose worker died, republish lost messages, reconcile stuck payments,
-    re-verify completed payments until final (reorgs). One sweep at a time on every machine:
-    beat sends one every 10 s whether or not the last one finished, and a sweep that finds
-    another running ends at once instead of taking a second worker."""
+    re-verify completed payments until final (reorgs); sample the queue depth (dashboard).
+    One sweep at a time on every machine: beat sends one every 10 s whether or not the last one
+    finished, and a sweep that finds another running ends at once instead of taking a second
+    worker."""
     with run_alone("recover_jobs", timeout=settings.CELERY_TASK_TIME_LIMIT) as alone:
         if not alone:
             logger.info("recovery: the previous sweep is still running; this one ends")
@@ -159,6 +161,8 @@ def _recover() -> dict[str, int]:
     }
     if any(summary.values()):
         logger.info("recovery: %s", summary)
+    # Last: a sample that fails never holds up the recovery itself.
+    queue_depth_record()
     return summary
 
 

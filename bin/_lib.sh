@@ -107,6 +107,15 @@ ensure_redis() {
   echo "Redis is not reachable on 127.0.0.1:6379" >&2; return 1
 }
 
+# The browser of the browser tests (tests/browser/): Debian's chromium. Playwright's own browser
+# download is not used (it is not reachable everywhere the tests run).
+CHROMIUM="${AUTOPAY_CHROMIUM:-/usr/bin/chromium}"
+ensure_chromium() {
+  [ -x "$CHROMIUM" ] && return 0
+  say "installing Chromium (browser tests)"
+  apt_install chromium
+}
+
 # --- Docker (bin/test-deploy) ---------------------------------------------------------------------
 
 docker_up() { docker info >/dev/null 2>&1; }

@@ -440,6 +440,13 @@ CHAIN_MULTICALL_ADDRESS = env.str(
     "CHAIN_MULTICALL_ADDRESS", default="0xcA11bde05977b3631167028862bE2a173976CA11"
 )
 TOKEN_DECIMALS = env.int("TOKEN_DECIMALS", default=6)
+# The token's symbol, shown next to every amount (admin, dashboard, CSV); per network:
+# "token_symbol" in AUTOPAY_NETWORKS.
+TOKEN_SYMBOL = env.str("TOKEN_SYMBOL", default="USDC")
+# The block explorer of CHAIN_NETWORK (e.g. https://basescan.org): the admin links
+# transactions to <url>/tx/<hash> and addresses to <url>/address/<address>. Empty: no links.
+# Per network: "explorer_url" in AUTOPAY_NETWORKS.
+CHAIN_EXPLORER_URL = env.str("CHAIN_EXPLORER_URL", default="")
 TOKEN_EIP712_NAME = env.str("TOKEN_EIP712_NAME", default="USD Coin")
 TOKEN_EIP712_VERSION = env.str("TOKEN_EIP712_VERSION", default="2")
 # The allow-list of tokens a subscription may use, one per network ("eip155:8453=0x...,...").

@@ -27,6 +27,8 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.networks import token_symbol
+
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 # Rows fetched per round trip of the server-side cursor.
 CSV_CHUNK_SIZE = 2000
@@ -43,7 +45,7 @@ class Column:
 
     header: str
     path: str
-    kind: str = "text"  # text | amount | time | number
+    kind: str = "text"  # text | amount | time | number | symbol (of a network's token)
 
 
 def _text(value: Any) -> str:
@@ -66,6 +68,7 @@ _FORMATTERS: dict[str, Callable[[Any], Any]] = {
     "amount": _amount,
     "time": _time,
     "number": str,
+    "symbol": token_symbol,
 }
 
 

@@ -13,7 +13,8 @@ token or the relayer key already is.
     [{"network": "eip155:8453", "rpc_urls": ["https://base.a", "https://base.b"],
       "token_address": "0x8335…", "token_name": "USD Coin", "token_version": "2",
       "relayer_private_key": "0x…", "confirmations": 2, "finality_depth": 64,
-      "aggregate3": "0xcA11bde05977b3631167028862bE2a173976CA11", "max_rpc_per_second": 25}, …]
+      "aggregate3": "0xcA11bde05977b3631167028862bE2a173976CA11", "max_rpc_per_second": 25,
+      "token_symbol": "USDC", "explorer_url": "https://basescan.org"}, …]
 
 Unset, the one network of CHAIN_* / TOKEN_* / RELAYER_PRIVATE_KEY is the registry (as before).
 Missing fields take those settings as defaults.
@@ -54,6 +55,10 @@ class NetworkConfig:
     # Requests per second this deployment may send to the network's RPC provider (every
     # worker and machine together; 0: no limit). Real providers cap it.
     max_rpc_per_second: float = 0.0
+    # What people read: the token's symbol next to amounts, and the block explorer that
+    # transactions and addresses link to ("" = no links).
+    token_symbol: str = ""
+    explorer_url: str = ""
 
     def __repr__(self) -> str:
         # Never the relayer key, even in a traceback.
@@ -103,6 +108,10 @@ def _default(entry: dict[str, Any]) -> NetworkConfig:
         max_rpc_per_second=float(
             entry.get("max_rpc_per_second") or (settings.CHAIN_MAX_RPC_PER_SECOND if single else 0)
         ),
+        token_symbol=str(entry.get("token_symbol") or settings.TOKEN_SYMBOL),
+        explorer_url=str(
+            entry.get("explorer_url") or (settings.CHAIN_EXPLORER_URL if single else "")
+        ).rstrip("/"),
     )
 
 
@@ -120,6 +129,22 @@ def network_registry() -> dict[str, NetworkConfig]:
 
 def network_config(network: str) -> NetworkConfig | None:
     return network_registry().get(network)
+
+
+def token_symbol(network: str) -> str:
+    """The symbol shown next to amounts of ``network`` (``TOKEN_SYMBOL`` for a network this
+    deployment no longer lists: old rows stay readable)."""
+    config = network_config(network)
+    return config.token_symbol if config is not None else settings.TOKEN_SYMBOL
+
+
+def explorer_link(network: str, kind: str, value: str) -> str:
+    """The block explorer's page of a transaction (``kind="tx"``) or an address
+    (``kind="address"``) on ``network``; "" when the network has no ``explorer_url``."""
+    config = network_config(network)
+    if config is None or not config.explorer_url or not value:
+        return ""
+    return f"{config.explorer_url}/{kind}/{value}"
 
 
 _active: ContextVar[NetworkConfig | None] = ContextVar("autopay_network", default=None)

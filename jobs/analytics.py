@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db.models import (
     BooleanField,
     Count,
@@ -28,9 +29,10 @@ from django.db.models import (
     QuerySet,
     Sum,
 )
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce, TruncDate, TruncMinute
 from django.utils import timezone
 
+from core.console import money_text
 from jobs.models import Job
 from jobs.selectors import job_list
 from subscriptions.models import Payment
@@ -60,6 +62,12 @@ def decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def dashboard_money_text(value: Decimal) -> str:
+    """A sum of the dashboard in the console's money format, with the default network's token
+    decimals and symbol (the allow-list holds one stablecoin per network)."""
+    return money_text(value, decimals=settings.TOKEN_DECIMALS, network=settings.CHAIN_NETWORK)
+
+
 @dataclass(frozen=True)
 class PaymentVolume:
     """Finished payments of one group (a day, a service, or everything)."""
@@ -82,11 +90,11 @@ class PaymentVolume:
 
     @property
     def completed_amount_text(self) -> str:
-        return decimal_text(self.completed_amount)
+        return dashboard_money_text(self.completed_amount)
 
     @property
     def failed_amount_text(self) -> str:
-        return decimal_text(self.failed_amount)
+        return dashboard_money_text(self.failed_amount)
 
     @property
     def success_percent(self) -> str:
@@ -257,3 +265,28 @@ def failure_list(*, user: Any, limit: int = 20) -> QuerySet[Job]:
         )
         .order_by(F("finished_at").desc(nulls_last=True), "-created_at")[:limit]
     )
+
+
+def settlements_per_minute(
+    *, user: Any, hours: int = 3, now: datetime | None = None
+) -> tuple[list[datetime], dict[str, list[int]]]:
+    """Payments completed in each minute of the last ``hours``, per network: the minutes
+    (oldest first) and, for each network with a settlement in the window, one count per minute.
+    """
+    now = (now or timezone.now()).replace(second=0, microsecond=0)
+    minutes = [now - timedelta(minutes=offset) for offset in range(hours * 60 - 1, -1, -1)]
+    rows = (
+        payment_list(user=user)
+        .filter(status=Payment.Status.COMPLETED, completed_at__gte=minutes[0])
+        .annotate(minute=TruncMinute("completed_at"))
+        .order_by()
+        .values("network", "minute")
+        .annotate(total=Count("pk"))
+    )
+    counts: dict[str, dict[datetime, int]] = {}
+    for row in rows:
+        counts.setdefault(row["network"], {})[row["minute"]] = row["total"]
+    return minutes, {
+        network: [by_minute.get(minute, 0) for minute in minutes]
+        for network, by_minute in sorted(counts.items())
+    }

@@ -7,10 +7,13 @@ only, login redirect, CSRF, no caching).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
@@ -18,34 +21,100 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from core.admin_log import admin_log_action
-from jobs import analytics, selectors, services
+from core.console import age_text, money_text
+from core.networks import token_symbol
+from jobs import analytics, charts, history, selectors, services, settlements
 from jobs.alerts import alerts_evaluate
+from jobs.console_pages import ConsolePage, console_pages
 
 DASHBOARD_DAYS = 14
 FAILURES_SHOWN = 20
 RETRY_PERMISSION = "jobs.change_job"
+# How far back the queue-depth and settlements-per-minute charts look.
+CHART_HOURS = 3
 
 _INSTALLED_ATTRIBUTE = "_autopay_dashboard_installed"
 
 
-def format_age(seconds: float | None) -> str:
-    """A duration for people: '45 s', '12 min 5 s', '3 h 20 min', '2 d 4 h'."""
-    if seconds is None:
-        return "-"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min {secs} s"
-    return f"{secs} s"
+format_age = age_text
+
+
+def _day_label(day: date) -> str:
+    return day.strftime("%m-%d")
+
+
+def dashboard_charts(*, user: Any, report: analytics.PaymentAnalytics) -> list[SafeString]:
+    """The dashboard's pictures: payments, volume and success rate per day, open jobs per
+    network over the last hours (sampled by the recovery task) and settlements per minute."""
+    labels = [_day_label(row.day) for row in report.per_day]
+    symbol = token_symbol(settings.CHAIN_NETWORK)
+    result = [
+        charts.bar_chart(
+            chart_id="chart-payments-per-day",
+            title="Payments per day (completed, failed)",
+            labels=labels,
+            series=[
+                charts.Series("completed", [row.volume.completed for row in report.per_day]),
+                charts.Series("failed", [row.volume.failed for row in report.per_day]),
+            ],
+        ),
+        charts.bar_chart(
+            chart_id="chart-volume-per-day",
+            title=f"Volume paid per day ({symbol})",
+            labels=labels,
+            series=[
+                charts.Series(
+                    "paid", [float(row.volume.completed_amount) for row in report.per_day]
+                )
+            ],
+            unit=f" {symbol}",
+        ),
+        charts.line_chart(
+            chart_id="chart-success-rate",
+            title="Success rate per day (%)",
+            labels=labels,
+            series=[
+                charts.Series(
+                    "success",
+                    [
+                        None if row.volume.success_rate is None else row.volume.success_rate * 100
+                        for row in report.per_day
+                    ],
+                )
+            ],
+            unit=" %",
+            top=100.0,
+        ),
+    ]
+    samples = history.queue_depth_history(hours=CHART_HOURS)
+    if samples:
+        networks = sorted({network for sample in samples for network in sample.open_jobs})
+        result.append(
+            charts.line_chart(
+                chart_id="chart-queue-depth",
+                title=f"Open jobs (waiting, delayed, active) over the last {CHART_HOURS} h",
+                labels=[time.strftime("%H:%M", time.gmtime(sample.at)) for sample in samples],
+                series=[
+                    charts.Series(network, [sample.open_jobs.get(network, 0) for sample in samples])
+                    for network in networks or [settings.CHAIN_NETWORK]
+                ],
+            )
+        )
+    minutes, per_network = analytics.settlements_per_minute(user=user, hours=CHART_HOURS)
+    result.append(
+        charts.line_chart(
+            chart_id="chart-settlements-per-minute",
+            title=f"Payments settled per minute over the last {CHART_HOURS} h",
+            labels=[minute.strftime("%H:%M") for minute in minutes],
+            series=[charts.Series(network, counts) for network, counts in per_network.items()]
+            or [charts.Series(settings.CHAIN_NETWORK, [0] * len(minutes))],
+        )
+    )
+    return result
 
 
 def _percent(rate: float) -> str:
@@ -66,20 +135,31 @@ def dashboard_view(request: HttpRequest, *, admin_site: AdminSite) -> HttpRespon
         }
         for key, label in (("lastHour", "Last hour"), ("lastDay", "Last 24 hours"))
     ]
+    report = analytics.payment_analytics(user=request.user, days=DASHBOARD_DAYS)
     context = {
         **admin_site.each_context(request),
         "title": "Auto-pay dashboard",
+        "charts": dashboard_charts(user=request.user, report=report),
+        "queue_history_sampled": history.queue_depth_history(hours=CHART_HOURS) is not None,
+        "pages": console_pages(),
         "stats": stats,
         "alerts": alerts_evaluate(stats=stats) if request.user.is_staff else [],
         "status_counts": list(stats["counts"].items()),
         "oldest_waiting_age": format_age(stats["oldestWaitingAgeSeconds"]),
         "failure_rates": failure_rates,
         "failures": [
-            {"job": job, "amount": analytics.decimal_text(job.payment.amount)}
+            {
+                "job": job,
+                "amount": money_text(
+                    job.payment.amount,
+                    decimals=job.payment.token_decimals,
+                    network=job.payment.network,
+                ),
+            }
             for job in analytics.failure_list(user=request.user, limit=FAILURES_SHOWN)
         ],
         "can_retry": request.user.has_perm(RETRY_PERMISSION),
-        "analytics": analytics.payment_analytics(user=request.user, days=DASHBOARD_DAYS),
+        "analytics": report,
     }
     return TemplateResponse(request, "admin/autopay/dashboard.html", context)
 
@@ -112,6 +192,13 @@ def dashboard_urls(admin_site: AdminSite) -> list[URLPattern]:
     def retry(request: HttpRequest, job_id: UUID) -> Any:
         return dashboard_retry_view(request, job_id, admin_site=admin_site)
 
+    def page_view(page: ConsolePage) -> Callable[..., HttpResponse]:
+        def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+            request.current_app = admin_site.name
+            return page.view(request, admin_site=admin_site, **kwargs)
+
+        return view
+
     return [
         path("dashboard/", admin_site.admin_view(dashboard), name="autopay-dashboard"),
         path(
@@ -119,7 +206,26 @@ def dashboard_urls(admin_site: AdminSite) -> list[URLPattern]:
             admin_site.admin_view(retry),
             name="autopay-dashboard-retry",
         ),
+        *(
+            path(
+                f"dashboard/{page.route}",
+                admin_site.admin_view(page_view(page)),
+                name=f"autopay-{page.name}",
+            )
+            for page in [*_BUILT_IN_PAGES, *console_pages()]
+        ),
     ]
+
+
+_BUILT_IN_PAGES = (
+    ConsolePage("settlements/", "settlements", "Settlement transactions", settlements.list_view),
+    ConsolePage(
+        "settlements/<str:transaction_hash>/",
+        "settlement",
+        "Settlement transaction",
+        settlements.detail_view,
+    ),
+)
 
 
 def install(admin_site: AdminSite) -> None:
@@ -136,4 +242,7 @@ def install(admin_site: AdminSite) -> None:
         return [*dashboard_urls(admin_site), *original_get_urls()]
 
     admin_site.get_urls = get_urls  # type: ignore[method-assign]
+    # The lists an operator lives on get the whole width (the jobs list fits 1280 px with its
+    # filters); every model is one click away on the Home page.
+    admin_site.enable_nav_sidebar = False
     setattr(admin_site, _INSTALLED_ATTRIBUTE, True)

@@ -10,6 +10,7 @@ JOB_CSV_COLUMNS = (
     Column("service_name", "subscription__service_name"),
     Column("payment_id", "payment_id", "number"),
     Column("amount", "payment__amount", "amount"),
+    Column("token_symbol", "payment__network", "symbol"),
     Column("network", "payment__network"),
     Column("payer_address", "payment__payer_address"),
     Column("source", "source"),

@@ -12,6 +12,7 @@ PAYMENT_CSV_COLUMNS = (
     Column("period_start", "period_start", "time"),
     Column("period_end", "period_end", "time"),
     Column("amount", "amount", "amount"),
+    Column("token_symbol", "network", "symbol"),
     Column("token_decimals", "token_decimals", "number"),
     Column("token_address", "token_address"),
     Column("network", "network"),

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from eth_account import Account
 
-from jobs.models import Job
+from jobs.models import Job, JobAttempt
 from subscriptions.custody import encrypt_private_key
 from subscriptions.models import PayerWallet, Payment, Subscription
 from subscriptions.services import payment_build
@@ -90,3 +90,39 @@ def failed_job(
         attempts_made=1,
         finished_at=timezone.now() - ago,
     )
+
+
+def settled_payment(
+    subscription: Subscription,
+    *,
+    index: int,
+    transaction_hash: str,
+    amount: str = "7.5",
+    gas_used: int = 120000,
+    fee_wei: int = 240_000_000_000_000,
+) -> Payment:
+    """A payment completed in ``transaction_hash`` (block 7), with its completed job and the
+    attempt that recorded the transaction's gas and fee (the attempts ledger)."""
+    payment = payment_build(subscription=subscription, index=index)
+    payment.amount = Decimal(amount)
+    payment.status = Payment.Status.COMPLETED
+    payment.transaction_hash = transaction_hash
+    payment.block_number = 7
+    payment.completed_at = timezone.now()
+    payment.valid_after = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+    payment.valid_before = 1_767_229_200
+    payment.save()
+    job = Job.objects.create(
+        subscription=subscription, payment=payment, status=Job.Status.COMPLETED, progress=100
+    )
+    JobAttempt.objects.create(
+        job=job,
+        number=1,
+        outcome=JobAttempt.Outcome.COMPLETED,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        transaction_hashes=[transaction_hash],
+        gas_used=gas_used,
+        fee_wei=Decimal(fee_wei),
+    )
+    return payment

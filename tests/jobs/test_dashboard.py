@@ -261,13 +261,14 @@ def test_staff_sees_the_figures(payments: Any, staff_client: Client, clean_redis
     today = timezone.localdate().isoformat()
     assert re.search(
         rf'id="day-{today}">\s*<td>{today}</td>\s*<td class="number">3</td>\s*'
-        r'<td class="number">2</td>\s*<td class="number">1018.75</td>\s*'
-        r'<td class="number">43.1</td>\s*<td class="number">60.0 %</td>',
+        r'<td class="number">2</td>\s*<td class="number">1018.750000 USDC</td>\s*'
+        r'<td class="number">43.100000 USDC</td>\s*<td class="number">60.0 %</td>',
         html,
     )
-    assert "1119.500001" in html
+    # One money format: the token's decimals and its symbol.
+    assert "1119.500001 USDC" in html
     assert "Alpha" in html and "Beta" in html and "Gamma" in html
-    assert "119.750001" in html and "33.3 %" in html
+    assert "119.750001 USDC" in html and "33.3 %" in html
 
 
 def test_admin_index_links_to_the_dashboard(staff_client: Client) -> None:
