@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -27,9 +28,11 @@ _KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 _KOMBU_PRIORITY_STEPS = (3, 6, 9)
 # A message a worker has fetched stays in kombu's hash "unacked" (delivery tag -> JSON
 # [message, exchange, routing key]) until it is acknowledged: reserved behind a busy process,
-# running (acks_late), or held by the worker until its ETA (a countdown). The lists alone miss
+# running (acks_late), or held by the worker until its ETA (a countdown); the sorted set
+# "unacked_index" says when it was fetched (delivery tag -> Unix time). The lists alone miss
 # those (kombu/transport/redis.py, QoS.append).
 _KOMBU_UNACKED_KEY = "unacked"
+_KOMBU_UNACKED_INDEX_KEY = "unacked_index"
 
 PROCESS_TASK = "autopay.process_autopay_job"
 SETTLE_BATCH_TASK = "autopay.settle_batch"
@@ -214,17 +217,52 @@ def _message_job_ids(message: Mapping[str, Any]) -> list[str]:
     return [str(job_id) for job_id in first]
 
 
-def _unacked_job_ids(entries: Iterable[bytes]) -> list[str]:
-    """The job ids of the unacknowledged messages of our queue (the hash holds every queue's)."""
+def _read_unacked(pipe: Any) -> None:
+    """Queue the reads of the unacknowledged messages and of when each was fetched."""
+    pipe.hgetall(_broker_key(_KOMBU_UNACKED_KEY))
+    pipe.zrange(_broker_key(_KOMBU_UNACKED_INDEX_KEY), 0, -1, withscores=True)
+
+
+def _eta(message: Mapping[str, Any]) -> float:
+    """The message's ETA as Unix time (0 without one)."""
+    eta = (message.get("headers") or {}).get("eta")
+    if not eta:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(str(eta))
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _held_job_ids(
+    entries: Mapping[bytes, bytes], fetched: Iterable[tuple[bytes, float]]
+) -> list[str]:
+    """The job ids of our queue's unacknowledged messages (the hash holds every queue's) that
+    a live worker may still hold.
+
+    A worker holds a message until its ETA at most, plus what the tasks ahead of it may take
+    (CELERY_TASK_TIME_LIMIT for each prefetched message). One fetched longer ago than that
+    belongs to a worker that died without giving it back (kombu restores it only after
+    CELERY_VISIBILITY_TIMEOUT, an hour): its jobs are not held, so they are republished.
+    """
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    patience = settings.CELERY_TASK_TIME_LIMIT * max(settings.CELERY_WORKER_PREFETCH_MULTIPLIER, 1)
+    fetched_at = dict(fetched)
+    now = time.time()
     job_ids: list[str] = []
-    for entry in entries:
+    for tag, entry in entries.items():
         try:
             message, _exchange, routing_key = json.loads(entry)
         except (TypeError, ValueError):
             continue
-        if routing_key == queue and isinstance(message, dict):
-            job_ids.extend(_message_job_ids(message))
+        if routing_key != queue or not isinstance(message, dict):
+            continue
+        if now > max(fetched_at.get(tag, now), _eta(message)) + patience:
+            continue
+        job_ids.extend(_message_job_ids(message))
     return job_ids
 
 
@@ -258,14 +296,14 @@ def broker_queued_jobs(*, timeout: float = 1.0) -> int | None:
         with client.pipeline(transaction=True) as pipe:
             for name, _weight in lists:
                 pipe.llen(name)
-            pipe.hvals(_broker_key(_KOMBU_UNACKED_KEY))
-            *lengths, unacked = pipe.execute()
+            _read_unacked(pipe)
+            *lengths, unacked, fetched = pipe.execute()
     except Exception:
         logger.warning("broker queue length unavailable", exc_info=True)
         return None
     weights = [weight for _name, weight in lists]
     waiting = sum(int(length) * weight for length, weight in zip(lengths, weights, strict=True))
-    return waiting + len(_unacked_job_ids(unacked))
+    return waiting + len(_held_job_ids(unacked, fetched))
 
 
 def broker_jobs_without_message(job_ids: Iterable[str], *, timeout: float = 5.0) -> set[str] | None:
@@ -283,15 +321,14 @@ def broker_jobs_without_message(job_ids: Iterable[str], *, timeout: float = 5.0)
     wanted = {str(job_id) for job_id in job_ids}
     if not wanted:
         return set()
-    unacked_key = _broker_key(_KOMBU_UNACKED_KEY)
     try:
         client = get_redis(timeout=timeout, url=settings.CELERY_BROKER_URL)
         with client.pipeline(transaction=True) as pipe:
             for name, _weight in _queue_lists():
                 pipe.lrange(name, 0, -1)
-            pipe.hvals(unacked_key)
-            *lists, unacked = pipe.execute()
-        held = set(_unacked_job_ids(unacked))
+            _read_unacked(pipe)
+            *lists, unacked, fetched = pipe.execute()
+        held = set(_held_job_ids(unacked, fetched))
         for entries in lists:
             for entry in entries:
                 try:
@@ -302,7 +339,9 @@ def broker_jobs_without_message(job_ids: Iterable[str], *, timeout: float = 5.0)
                     held.update(_message_job_ids(message))
         missing = wanted - held
         if missing:
-            missing -= set(_unacked_job_ids(client.hvals(unacked_key)))
+            with client.pipeline(transaction=True) as pipe:
+                _read_unacked(pipe)
+                missing -= set(_held_job_ids(*pipe.execute()))
     except Exception:
         logger.warning("broker messages unavailable", exc_info=True)
         return None

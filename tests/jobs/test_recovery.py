@@ -4,6 +4,7 @@ republished, a backlog is not mistaken for lost messages, poison jobs stop."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -205,3 +206,23 @@ def test_only_the_message_deleted_from_the_broker_is_republished_once(
     _stale(deleted)  # long after its republish, its new message still waits: not lost again
     assert services.jobs_recover().republished == 0
     assert _queued(clean_redis) == 2
+
+
+@override_settings(CELERY_TASK_TIME_LIMIT=1)
+def test_a_message_fetched_by_a_worker_that_died_is_republished(
+    consumer: Callable[[], Any], clean_redis: Any
+) -> None:
+    # A worker fetched it and never came back (killed before it started the job, so no lease
+    # brings the job back): kombu would give the message back only after its visibility
+    # timeout, an hour. Held longer than its tasks' time limit allows, it is taken for lost.
+    (job,) = _unpublished_jobs(1, clean_redis)
+    publish_jobs([job.pk])
+    consumer()
+    _stale(job)
+    assert services.jobs_recover().republished == 0, "within the time limit: still held"
+
+    time.sleep(1.1)
+    summary = services.jobs_recover()
+
+    assert (summary.republished, summary.published) == (1, 1)
+    assert _queued(clean_redis) == 1
