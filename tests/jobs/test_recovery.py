@@ -131,7 +131,7 @@ def consumer(clean_redis: Any) -> Iterator[Callable[[], Any]]:
     keeps it as unacknowledged on the broker (reserved, running, or held until its countdown),
     as for a busy worker's prefetched messages."""
     connection = app.connection_for_read()
-    channel = connection.default_channel
+    channel: Any = connection.default_channel  # kombu's virtual channel (typed as StdChannel)
 
     def fetch() -> Any:
         message = channel.basic_get(settings.CELERY_TASK_DEFAULT_QUEUE, no_ack=False)
