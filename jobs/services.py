@@ -561,7 +561,8 @@ def _mark_lost_messages(*, now: datetime, batch_size: int) -> int:
     long that takes: a backlog is not a loss, and republishing it would send batch jobs down
     the per-job path one message each. The cheap count decides first; only when it cannot
     explain the waiting jobs are the broker's messages read to find which ones are missing.
-    A message a killed worker held comes back from kombu after CELERY_VISIBILITY_TIMEOUT.
+    A message fetched longer ago than its tasks' time limit allows is a dead worker's: its
+    jobs are republished (kombu would give it back only after CELERY_VISIBILITY_TIMEOUT).
     """
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
     waiting = [Job.Status.WAITING, Job.Status.DELAYED]
