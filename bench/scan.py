@@ -105,7 +105,7 @@ def load_subscriptions(count: int, *, now: datetime) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"TRUNCATE {Job._meta.db_table}, {Payment._meta.db_table}, "
-            f"{Subscription._meta.db_table} RESTART IDENTITY"
+            f"{Subscription._meta.db_table} RESTART IDENTITY CASCADE"
         )
     fields = [field for field in Subscription._meta.concrete_fields if not field.primary_key]
     columns = ", ".join(str(field.column) for field in fields)
@@ -162,7 +162,9 @@ def reset_schedule() -> None:
     from subscriptions.models import Payment, Subscription
 
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {Job._meta.db_table}, {Payment._meta.db_table}")
+        # CASCADE: the attempts ledger, pre-signed authorizations and the like point at these
+        # tables, and the benchmark's database holds nothing else worth keeping.
+        cursor.execute(f"TRUNCATE {Job._meta.db_table}, {Payment._meta.db_table} CASCADE")
         cursor.execute(
             f"UPDATE {Subscription._meta.db_table} SET next_period_index = 0, "
             "next_period_due_at = billing_anchor, next_payment_due_at = billing_anchor"

@@ -21,7 +21,9 @@ and each path (AUTOPAY_SETTLEMENT_BATCH_SIZE=1, then the batch size, default 200
    the amounts completed.
 
 Environment defaults (an existing variable wins): DATABASE_URL (autopay_bench), REDIS_URL
-(db 14), CELERY_QUEUE=autopay-bench, DJANGO_SECRET_KEY.
+(db 14, flushed before each measurement: give it a Redis database of its own),
+CELERY_QUEUE=autopay-bench, DJANGO_SECRET_KEY. It exits with 1 when a chain audit fails or a
+run times out.
 """
 
 from __future__ import annotations
@@ -541,6 +543,9 @@ def main() -> None:
         finally:
             node.stop()
     print_table(results)
+    # A run whose chain audit found a problem (or that timed out) is a failure, not a figure.
+    if any(not result.audit.startswith("ok") for result in results):
+        sys.exit(1)
 
 
 def print_table(results: list[Result]) -> None:

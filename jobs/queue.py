@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +29,13 @@ logger = logging.getLogger(__name__)
 # default priority, "<queue>\x06\x16<step>" for the others.
 _KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 _KOMBU_PRIORITY_STEPS = (3, 6, 9)
+# A message a worker has fetched stays in kombu's hash "unacked" (delivery tag -> JSON
+# [message, exchange, routing key]) until it is acknowledged: reserved behind a busy process,
+# running (acks_late), or held by the worker until its ETA (a countdown); the sorted set
+# "unacked_index" says when it was fetched (delivery tag -> Unix time). The lists alone miss
+# those (kombu/transport/redis.py, QoS.append).
+_KOMBU_UNACKED_KEY = "unacked"
+_KOMBU_UNACKED_INDEX_KEY = "unacked_index"
 
 # Messages buffered per Redis round trip (one pipelined LPUSH batch).
 PUBLISH_BATCH_SIZE = 1000
@@ -198,19 +208,104 @@ def broker_is_redis() -> bool:
     return scheme in ("redis", "rediss", "unix")
 
 
+def _broker_key(name: str) -> str:
+    """A kombu key as it is stored (kombu prefixes every key with ``global_keyprefix``)."""
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    return f"{options.get('global_keyprefix', '')}{name}"
+
+
+def _queue_lists() -> list[tuple[str, int]]:
+    """The queue's lists on the broker, each with the most jobs one of its messages carries
+    (a batch message AUTOPAY_SETTLEMENT_BATCH_SIZE, any other one)."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    batch = settings.AUTOPAY_SETTLEMENT_BATCH_SIZE
+    return [(_broker_key(queue), 1)] + [
+        (
+            _broker_key(f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}"),
+            batch if step == BATCH_PRIORITY else 1,
+        )
+        for step in _KOMBU_PRIORITY_STEPS
+    ]
+
+
+def _message_job_ids(message: Mapping[str, Any]) -> list[str]:
+    """The job ids a message carries: one for a process message, a batch's for a settle-batch
+    message, none for any other task (confirmations, scans) or a message we cannot read."""
+    headers = message.get("headers") or {}
+    task = headers.get("task")
+    process_task, settle_batch_task = payment_task_names()
+    if task not in (process_task, settle_batch_task):
+        return []
+    try:
+        body = message["body"]
+        if (message.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        first = json.loads(body)[0][0]  # protocol 2: [args, kwargs, embed]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return []
+    if task == process_task:
+        return [str(first)]
+    return [str(job_id) for job_id in first]
+
+
+def _read_unacked(pipe: Any) -> None:
+    """Queue the reads of the unacknowledged messages and of when each was fetched."""
+    pipe.hgetall(_broker_key(_KOMBU_UNACKED_KEY))
+    pipe.zrange(_broker_key(_KOMBU_UNACKED_INDEX_KEY), 0, -1, withscores=True)
+
+
+def _eta(message: Mapping[str, Any]) -> float:
+    """The message's ETA as Unix time (0 without one)."""
+    eta = (message.get("headers") or {}).get("eta")
+    if not eta:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(str(eta))
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _held_job_ids(
+    entries: Mapping[bytes, bytes], fetched: Iterable[tuple[bytes, float]]
+) -> list[str]:
+    """The job ids of our queue's unacknowledged messages (the hash holds every queue's) that
+    a live worker may still hold.
+
+    A worker holds a message until its ETA at most, plus what the tasks ahead of it may take
+    (CELERY_TASK_TIME_LIMIT for each prefetched message). One fetched longer ago than that
+    belongs to a worker that died without giving it back (kombu restores it only after
+    CELERY_VISIBILITY_TIMEOUT, an hour): its jobs are not held, so they are republished.
+    """
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    patience = settings.CELERY_TASK_TIME_LIMIT * max(settings.CELERY_WORKER_PREFETCH_MULTIPLIER, 1)
+    fetched_at = dict(fetched)
+    now = time.time()
+    job_ids: list[str] = []
+    for tag, entry in entries.items():
+        try:
+            message, _exchange, routing_key = json.loads(entry)
+        except (TypeError, ValueError):
+            continue
+        if routing_key != queue or not isinstance(message, dict):
+            continue
+        if now > max(fetched_at.get(tag, now), _eta(message)) + patience:
+            continue
+        job_ids.extend(_message_job_ids(message))
+    return job_ids
+
+
 def broker_queue_length(*, timeout: float = 1.0) -> int | None:
     """Messages waiting in the Celery queue on the broker, every priority step counted; None
     when the broker is not a Redis or does not answer."""
     if not broker_is_redis():
         return None
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    names = [queue] + [
-        f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}" for step in _KOMBU_PRIORITY_STEPS
-    ]
     try:
         client = get_redis(timeout=timeout, url=settings.CELERY_BROKER_URL)
         with client.pipeline(transaction=False) as pipe:
-            for name in names:
+            for name, _weight in _queue_lists():
                 pipe.llen(name)
             return sum(int(length) for length in pipe.execute())
     except Exception:
@@ -219,25 +314,66 @@ def broker_queue_length(*, timeout: float = 1.0) -> int | None:
 
 
 def broker_queued_jobs(*, timeout: float = 1.0) -> int | None:
-    """About how many jobs wait on the broker: one per message, except batch messages, which
-    count AUTOPAY_SETTLEMENT_BATCH_SIZE each (an upper bound); None when not measurable."""
+    """At most how many jobs' messages the broker holds for our queue: those waiting on its
+    lists (a batch message counting AUTOPAY_SETTLEMENT_BATCH_SIZE, an upper bound) and those
+    fetched by workers and not yet acknowledged (counted exactly). One atomic read, so that a
+    message moving between a list and the unacked hash meanwhile is not missed; None when not
+    measurable."""
     if not broker_is_redis():
         return None
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    names = [queue] + [
-        f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{step}" for step in _KOMBU_PRIORITY_STEPS
-    ]
-    weights = [
-        settings.AUTOPAY_SETTLEMENT_BATCH_SIZE if step == BATCH_PRIORITY else 1
-        for step in (0, *_KOMBU_PRIORITY_STEPS)
-    ]
+    lists = _queue_lists()
     try:
         client = get_redis(timeout=timeout, url=settings.CELERY_BROKER_URL)
-        with client.pipeline(transaction=False) as pipe:
-            for name in names:
+        with client.pipeline(transaction=True) as pipe:
+            for name, _weight in lists:
                 pipe.llen(name)
-            lengths = pipe.execute()
+            _read_unacked(pipe)
+            *lengths, unacked, fetched = pipe.execute()
     except Exception:
         logger.warning("broker queue length unavailable", exc_info=True)
         return None
-    return sum(int(length) * weight for length, weight in zip(lengths, weights, strict=True))
+    weights = [weight for _name, weight in lists]
+    waiting = sum(int(length) * weight for length, weight in zip(lengths, weights, strict=True))
+    return waiting + len(_held_job_ids(unacked, fetched))
+
+
+def broker_jobs_without_message(job_ids: Iterable[str], *, timeout: float = 5.0) -> set[str] | None:
+    """Those of ``job_ids`` that no message on the broker carries: not on the queue's lists,
+    not fetched by a worker (reserved, running or held until its countdown). None when the
+    broker cannot be read.
+
+    Reads every message of the queue (one atomic read), so it is for when the counts do not
+    explain the waiting jobs, not for every pass. A message a worker has popped from a list
+    but not yet recorded as unacknowledged (a moment inside the worker) is in neither: the
+    unacked hash is read once more for the jobs found missing.
+    """
+    if not broker_is_redis():
+        return None
+    wanted = {str(job_id) for job_id in job_ids}
+    if not wanted:
+        return set()
+    try:
+        client = get_redis(timeout=timeout, url=settings.CELERY_BROKER_URL)
+        with client.pipeline(transaction=True) as pipe:
+            for name, _weight in _queue_lists():
+                pipe.lrange(name, 0, -1)
+            _read_unacked(pipe)
+            *lists, unacked, fetched = pipe.execute()
+        held = set(_held_job_ids(unacked, fetched))
+        for entries in lists:
+            for entry in entries:
+                try:
+                    message = json.loads(entry)
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(message, dict):
+                    held.update(_message_job_ids(message))
+        missing = wanted - held
+        if missing:
+            with client.pipeline(transaction=True) as pipe:
+                _read_unacked(pipe)
+                missing -= set(_held_job_ids(*pipe.execute()))
+    except Exception:
+        logger.warning("broker messages unavailable", exc_info=True)
+        return None
+    return missing

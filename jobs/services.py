@@ -21,6 +21,8 @@ from core.errors import StateConflict
 from jobs.api.serializers import JobStatusSerializer
 from jobs.models import Job, JobAttempt
 from jobs.queue import (
+    broker_is_redis,
+    broker_jobs_without_message,
     broker_queued_jobs,
     publish_jobs_on_commit,
     publish_or_mark_unpublished,
@@ -555,29 +557,51 @@ def _fail_lost_job(*, job_id: UUID, now: datetime) -> int:
 
 
 def _mark_lost_messages(*, now: datetime, batch_size: int) -> int:
-    """Due jobs whose message was published more than AUTOPAY_STALE_WAITING_SECONDS ago and
-    never claimed, when the broker's queue holds fewer messages than there are such jobs (so
-    some messages were lost: a Redis restarted without its data, a worker killed holding a
-    prefetched message). They are marked unpublished for the dispatcher; duplicates of
-    messages that were not lost are harmless (the claim is conditional). A long backlog is not
-    a loss: then the queue holds at least as many messages as there are old waiting jobs."""
+    """Due jobs whose message was published more than AUTOPAY_STALE_WAITING_SECONDS ago, is
+    still unclaimed, and is no longer on the broker (a Redis restarted without its data, a
+    message deleted by hand): they are marked unpublished for the dispatcher.
+
+    A message is on the broker while it waits on the queue's lists and while a worker holds
+    it unacknowledged (reserved behind a busy process, or waiting out a countdown), however
+    long that takes: a backlog is not a loss, and republishing it would send batch jobs down
+    the per-job path one message each. The cheap count decides first; only when it cannot
+    explain the waiting jobs are the broker's messages read to find which ones are missing.
+    A message fetched longer ago than its tasks' time limit allows is a dead worker's: its
+    jobs are republished (kombu would give it back only after CELERY_VISIBILITY_TIMEOUT).
+    """
     stale_before = now - timedelta(seconds=settings.AUTOPAY_STALE_WAITING_SECONDS)
-    stale = Job.objects.filter(
-        status__in=[Job.Status.WAITING, Job.Status.DELAYED], enqueued_at__lt=stale_before
-    )
-    # Jobs waiting on the broker, a batch message counting each of its jobs.
+    waiting = [Job.Status.WAITING, Job.Status.DELAYED]
+    stale = Job.objects.filter(status__in=waiting, enqueued_at__lt=stale_before)
+    measurable = broker_is_redis()
+    # At most this many jobs' messages are on the broker.
     queued = broker_queued_jobs()
+    if measurable and queued is None:
+        return 0  # the broker does not answer: nothing can be told lost, nor republished
     if queued is not None and stale.order_by()[: queued + 1].count() <= queued:
         return 0
-    ids = list(stale.order_by("enqueued_at").values_list("pk", flat=True)[:batch_size])
+    # Of the oldest (queued + batch_size) stale jobs, at least batch_size have no message.
+    candidates = [
+        str(job_id)
+        for job_id in stale.order_by("enqueued_at").values_list("pk", flat=True)[
+            : batch_size + (queued or 0)
+        ]
+    ]
+    if measurable:
+        missing = broker_jobs_without_message(candidates)
+        if missing is None:
+            return 0
+        candidates = [job_id for job_id in candidates if job_id in missing]
+    ids = candidates[:batch_size]
     if not ids:
         return 0
-    marked = Job.objects.filter(pk__in=ids, enqueued_at__lt=stale_before).update(enqueued_at=None)
+    marked = Job.objects.filter(
+        pk__in=ids, status__in=waiting, enqueued_at__lt=stale_before
+    ).update(enqueued_at=None)
     if marked:
         logger.warning(
-            "%d job message(s) lost (broker queue holds %s); republishing",
+            "%d job message(s) lost (broker holds at most %s jobs' messages); republishing",
             marked,
-            "an unknown number" if queued is None else queued,
+            "an unknown number of" if queued is None else queued,
         )
     return marked
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,11 +190,20 @@ def paying_subscription(funded_wallet: Callable[..., Any], user: Any, token_addr
 class WorkerProcess:
     """A real `celery worker` subprocess against the test database, Redis and chain."""
 
-    def __init__(self, env: dict[str, str], *, concurrency: int, name: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        concurrency: int,
+        name: str,
+        log_path: Path,
+        args: Sequence[str] = (),
+    ) -> None:
         self.env = env
         self.concurrency = concurrency
         self.name = name
         self.log_path = log_path
+        self.args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
@@ -218,6 +227,7 @@ class WorkerProcess:
             "--without-heartbeat",
             "-l",
             "INFO",
+            *self.args,
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -286,13 +296,16 @@ def start_worker(
     """Start real worker processes; all are stopped (or killed) after the test."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 1, extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        concurrency: int = 1, extra_env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> WorkerProcess:
         name = f"test-{uuid.uuid4().hex[:8]}"
         worker = WorkerProcess(
             {**worker_env, **(extra_env or {})},
             concurrency=concurrency,
             name=name,
             log_path=tmp_path / f"{name}.log",
+            args=args,
         )
         started.append(worker)
         return worker.start()

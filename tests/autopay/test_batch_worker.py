@@ -6,7 +6,6 @@ exactly once, and every job ends completed."""
 from __future__ import annotations
 
 import time
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,38 +16,16 @@ from web3.types import RPCEndpoint
 from autopay.chain.abi import AUTHORIZATION_USED_TOPIC
 from autopay.chain.client import token_balance
 from autopay.chain.relayer import get_relayer
-from autopay.devtools.contracts import mint
-from autopay.scan import scan_due
 from jobs.models import Job
 from jobs.queue import publish_scheduled_jobs
 from subscriptions.models import Payment
+from tests.batching import scheduled_jobs
 from tests.conftest import wait_for
-from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain, pytest.mark.worker]
 
 # Short leases, so that recovery can take back a killed worker's jobs within the test.
 KILLED = {"AUTOPAY_JOB_LEASE_SECONDS": "3", "LOG_LEVEL": "INFO"}
-
-
-def _scheduled(user: Any, w3: Web3, token: str, deployer: Any, *, count: int, wallets: int) -> Any:
-    """``count`` due subscriptions paid from ``wallets`` funded wallets; their jobs, unsent."""
-    payers = [PayerWalletFactory.create(owner=user) for _ in range(wallets)]
-    for wallet in payers:
-        mint(w3, token, deployer.key, str(wallet.address), 100 * 10**6)
-    for index in range(count):
-        wallet = payers[index % wallets]
-        SubscriptionFactory.create(
-            owner=user,
-            wallet=wallet,
-            payer_address=wallet.address,
-            recipient_address=new_address(),
-            token_address=token,
-            amount=Decimal("2"),
-        )
-    assert scan_due(publish=False).jobs_created == count
-    job_ids = [str(pk) for pk in Job.objects.order_by("created_at").values_list("pk", flat=True)]
-    return payers, job_ids
 
 
 def _all_done() -> bool:
@@ -96,7 +73,7 @@ def _automine(w3: Web3, on: bool) -> None:
 def test_duplicate_and_overlapping_batches_on_two_workers_charge_once(
     start_worker: Any, user: Any, w3: Web3, token_address: str, deployer: Any, engine_settings: Any
 ) -> None:
-    payers, job_ids = _scheduled(user, w3, token_address, deployer, count=30, wallets=3)
+    payers, job_ids = scheduled_jobs(user, w3, token_address, deployer, count=30, wallets=3)
     start_worker(concurrency=2)
     start_worker(concurrency=2)
 
@@ -116,7 +93,7 @@ def test_duplicate_and_overlapping_batches_on_two_workers_charge_once(
 def test_worker_killed_before_sending_charges_once_after_recovery(
     start_worker: Any, user: Any, w3: Web3, token_address: str, deployer: Any, engine_settings: Any
 ) -> None:
-    payers, job_ids = _scheduled(user, w3, token_address, deployer, count=6, wallets=2)
+    payers, job_ids = scheduled_jobs(user, w3, token_address, deployer, count=6, wallets=2)
     engine_settings.RELAYER_LOCK_TIMEOUT_SECONDS = 60
     held = _hold_relayer_lock()
     first = start_worker(extra_env={**KILLED, "RELAYER_LOCK_TIMEOUT_SECONDS": "60"})
@@ -152,7 +129,7 @@ def _hold_relayer_lock() -> Any:
 def test_worker_killed_after_mining_and_in_the_mempool_charges_once(
     start_worker: Any, user: Any, w3: Web3, token_address: str, deployer: Any, engine_settings: Any
 ) -> None:
-    payers, job_ids = _scheduled(user, w3, token_address, deployer, count=6, wallets=2)
+    payers, job_ids = scheduled_jobs(user, w3, token_address, deployer, count=6, wallets=2)
     # A confirmation that misses its transaction looks again only after 30 s: long after the
     # worker is dead.
     first = start_worker(extra_env={**KILLED, "AUTOPAY_BATCH_CONFIRM_POLL_SECONDS": "30"})

@@ -17,12 +17,8 @@ from autopay import funding
 from autopay.chain import relayer as relayer_module
 from autopay.chain.relayer import get_relayer
 from autopay.devtools.anvil import ANVIL_DEV_KEYS
-from autopay.devtools.contracts import mint
-from autopay.scan import scan_due
-from jobs.models import Job
 from subscriptions.models import Payment
-from tests.batching import confirm, settle
-from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
+from tests.batching import confirm, scheduled_jobs, settle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
@@ -50,19 +46,7 @@ def test_batches_go_out_from_several_relayers(
     pool: list[str], user: Any, w3: Web3, token_address: str, deployer: Any, engine_settings: Any
 ) -> None:
     engine_settings.AUTOPAY_SETTLEMENT_BATCH_SIZE = 5
-    wallet = PayerWalletFactory.create(owner=user)
-    mint(w3, token_address, deployer.key, str(wallet.address), 100 * 10**6)
-    for _ in range(15):
-        SubscriptionFactory.create(
-            owner=user,
-            wallet=wallet,
-            payer_address=wallet.address,
-            recipient_address=new_address(),
-            token_address=token_address,
-            amount=Decimal("1"),
-        )
-    scan_due(publish=False)
-    job_ids = [str(pk) for pk in Job.objects.values_list("pk", flat=True)]
+    _payers, job_ids = scheduled_jobs(user, w3, token_address, deployer, count=15, wallets=1)
 
     sent = [
         transaction
