@@ -164,9 +164,15 @@ def test_one_worker_pays_on_every_network_each_through_its_own_chain(
     assert token_balance(token_address, str(wallet.address), w3=w3) == 47 * 10**6
     assert token_balance(second_token, str(wallet.address), w3=w3_second) == 46 * 10**6
     assert token_balance(second_token, payer.address, w3=w3_second) == 8 * 10**6
-    # The second network's first RPC URL is down: the first attempt there failed with
-    # rpc_unavailable and every later call used its next URL.
-    assert jobs["second"].attempts_made + jobs["presigned"].attempts_made == 3
+    # The second network's first RPC URL is down: the first attempt there waited out
+    # rpc_unavailable (no attempt spent) and every later call used its next URL.
+    assert jobs["second"].attempts_made + jobs["presigned"].attempts_made == 2
+    waited = [
+        attempt.error_code
+        for job in (jobs["second"], jobs["presigned"])
+        for attempt in job.attempts.filter(outcome="waiting")
+    ]
+    assert waited == ["rpc_unavailable"]
     presigned_payment = Payment.objects.get(pk=jobs["presigned"].payment_id)
     assert presigned_payment.authorization_nonce == period_nonce(
         network=SECOND,

@@ -181,14 +181,15 @@ def test_the_admin_cannot_change_or_delete_entries(
 @pytest.mark.worker
 @pytest.mark.timeout(120)
 def test_the_engine_in_a_worker_is_not_audited(
-    start_worker: Any, user: Any, clean_redis: Any
+    start_worker: Any, user: Any, clean_redis: Any, token_address: str
 ) -> None:
-    """The worker fails the job (no rail configured) and records the payment's failure: its
-    writes are the engine's own record, not an operator's action."""
-    start_worker(extra_env={"AUTOPAY_PAYMENT_RAIL": "none"})
-    wallet = PayerWalletFactory.create(owner=user)
+    """The worker fails the job (the payer holds no tokens: the customer's failure), records
+    the payment's failure and moves the subscription to dunning: its writes are the engine's
+    own record, not an operator's action."""
+    start_worker()
+    wallet = PayerWalletFactory.create(owner=user)  # never funded
     subscription = SubscriptionFactory.create(
-        owner=user, wallet=wallet, payer_address=wallet.address
+        owner=user, wallet=wallet, payer_address=wallet.address, token_address=token_address
     )
     job = payment_trigger(subscription=subscription)
     before = LogEntry.objects.order_by("-pk").values_list("pk", flat=True).first()
