@@ -75,6 +75,13 @@ class WalletCreateRateThrottle(FailOpenRateThrottle, throttling.UserRateThrottle
     scope = "wallet_create"
 
 
+class WebhookResendRateThrottle(FailOpenRateThrottle, throttling.UserRateThrottle):
+    """Webhook resends, per user (``API_THROTTLE_WEBHOOK_RESEND``): each one is a request to
+    the user's endpoint made by a worker shared with everyone's deliveries."""
+
+    scope = "webhook_resend"
+
+
 def client_ip(request: HttpRequest) -> str:
     """The client's address as the API throttles see it (``API_NUM_PROXIES``), for axes."""
     forwarded = request.headers.get("x-forwarded-for")
