@@ -35,11 +35,25 @@ from auditlog.context import auditlog_disabled, set_extra_data
 from auditlog.middleware import AuditlogMiddleware
 from django.http import HttpRequest
 
+from config.client import client_address
+
 
 class AuditMiddleware(AuditlogMiddleware):
     """auditlog's middleware, with the actor read when an entry is written rather than when
     the request arrives: API tokens are authenticated by DRF inside the view, after every
-    middleware ran (DRF then sets the Django request's ``user``)."""
+    middleware ran (DRF then sets the Django request's ``user``).
+
+    The client's address and port are the ones the throttles trust (``API_NUM_PROXIES``):
+    auditlog's own read X-Forwarded-For from anyone, so a client could name another address
+    in the log, or break the request with a value that is no address at all."""
+
+    @staticmethod
+    def _get_remote_addr(request: HttpRequest) -> str | None:
+        return client_address(request)
+
+    @staticmethod
+    def _get_remote_port(request: HttpRequest) -> int | None:
+        return None
 
     def get_extra_data(self, request: HttpRequest) -> dict[str, Any]:
         data: dict[str, Any] = super().get_extra_data(request)

@@ -287,8 +287,7 @@ def test_resource_url_errors_do_not_tell_open_closed_and_http_ports_apart(
     caplog.set_level(logging.WARNING, logger="autopay.rails.x402_http")
 
     jobs = [
-        _run(_resource_subscription(funded_wallet, other_user, token_address, url))
-        for url in urls
+        _run(_resource_subscription(funded_wallet, other_user, token_address, url)) for url in urls
     ]
 
     assert seen == ["/admin/"], "the allowed HTTP service was really asked"
@@ -498,7 +497,9 @@ def test_a_high_s_signature_is_refused_at_upload(
     assert twin == payer.address, "the high-s twin recovers to the payer too"
     item = {"period_index": period["period_index"], "typed_data": period["typed_data"]}
 
-    refused = assert_envelope(_upload(other_api, subscription.pk, [{**item, "signature": high}]), 400)
+    refused = assert_envelope(
+        _upload(other_api, subscription.pk, [{**item, "signature": high}]), 400
+    )
 
     assert "upper half" in refused["error"], refused
     assert not PresignedAuthorization.objects.filter(subscription=subscription).exists()

@@ -156,7 +156,9 @@ class SubscriptionInputSerializer(serializers.Serializer):
                     }
                 )
             attrs["payer_address"] = payer = wallet.address
-        if not periods.interval_is_bounded(unit=attrs["interval_unit"], count=attrs["interval_count"]):
+        if not periods.interval_is_bounded(
+            unit=attrs["interval_unit"], count=attrs["interval_count"]
+        ):
             raise serializers.ValidationError(
                 {"interval_count": "One billing period may last at most ten years."}
             )

@@ -92,7 +92,7 @@ def address_is_public(address: str) -> bool:
     return _is_public(ip)
 
 
-def url_destination(url: str, *, schemes: tuple[str, ...]) -> Destination:
+def url_destination(url: str, *, schemes: tuple[str, ...], scheme_hint: str = "") -> Destination:
     """``url``'s scheme, host, port and path (no addresses yet); raises UrlRefused."""
     try:
         parts = urlsplit(url)
@@ -100,7 +100,7 @@ def url_destination(url: str, *, schemes: tuple[str, ...]) -> Destination:
     except ValueError as exc:
         raise UrlRefused(f"Not a valid URL: {exc}.") from exc
     if parts.scheme not in schemes:
-        raise UrlRefused(f"The URL must use {' or '.join(schemes)}.")
+        raise UrlRefused(f"The URL must use {' or '.join(schemes)}{scheme_hint}.")
     if parts.username or parts.password:
         raise UrlRefused("The URL must not carry credentials.")
     host = parts.hostname or ""
@@ -130,7 +130,11 @@ def webhook_destination(url: str, *, resolve: bool = True) -> Destination:
     """
     allowed_schemes = ("https", "http") if private_networks_allowed() else ("https",)
     try:
-        destination = url_destination(url, schemes=allowed_schemes)
+        destination = url_destination(
+            url,
+            schemes=allowed_schemes,
+            scheme_hint="" if private_networks_allowed() else " (http only in development)",
+        )
         if not resolve and private_networks_allowed():
             return destination
         addresses = resolved_addresses(destination.host, destination.port)
