@@ -177,19 +177,13 @@ class X402HttpRail:
         except ResourceUrlRefused as exc:
             raise _unavailable(intent, f"refused: {exc.message}") from exc
         address = destination.addresses[0]
-        default_port = 443 if destination.scheme == "https" else 80
-        host_header = (
-            destination.host
-            if destination.port == default_port
-            else f"{destination.host}:{destination.port}"
-        )
         literal = f"[{address}]" if ":" in address else address
         url = f"{destination.scheme}://{literal}:{destination.port}{destination.path}"
         with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
             return client.request(
                 intent.resource_method or "GET",
                 url,
-                headers={**headers, "host": host_header},
+                headers={**headers, "host": destination.host_header},
                 # TLS still verifies the certificate against the URL's host name.
                 extensions={"sni_hostname": destination.host},
             )

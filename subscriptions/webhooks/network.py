@@ -57,6 +57,12 @@ class Destination:
     path: str
     addresses: tuple[str, ...]
 
+    @property
+    def host_header(self) -> str:
+        """The Host header of a request sent to one of ``addresses``."""
+        default_port = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default_port else f"{self.host}:{self.port}"
+
 
 def private_networks_allowed() -> bool:
     return bool(getattr(settings, "WEBHOOK_ALLOW_PRIVATE_NETWORKS", False))
