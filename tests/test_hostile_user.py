@@ -410,8 +410,8 @@ def test_an_operator_prunes_old_entries_on_purpose_and_on_the_record(other_user:
             " remote_addr, remote_port, cid, actor_email, actor_id)"
             " SELECT content_type_id, object_pk, object_id, 'ancient', action, changes,"
             " changes_text, %s, additional_data, serialized_data, remote_addr, remote_port,"
-            " cid, actor_email, actor_id FROM auditlog_logentry WHERE object_pk = %s",
-            [timezone.now() - timedelta(days=400), str(old.pk)],
+            " cid, actor_email, actor_id FROM auditlog_logentry WHERE id = %s",
+            [timezone.now() - timedelta(days=400), LogEntry.objects.get_for_object(old).get().pk],
         )
     assert LogEntry.objects.filter(object_repr="ancient").count() == 1
     kept = LogEntry.objects.get_for_object(recent).count()
