@@ -12,8 +12,9 @@ is the authenticated user, token or session, and ``additional_data`` says from w
 management commands run through ``manage.py`` (the actor is the operating-system user, in
 ``additional_data``). The engine's own writes in Celery workers are not: it is not an operator
 (the payments and jobs tables are its record). Entries are append-only: the admin cannot
-change or delete them and, on PostgreSQL, a trigger refuses any UPDATE or DELETE of the table
-(autopay migration 0003).
+change or delete them and, on PostgreSQL, triggers refuse any UPDATE, DELETE or TRUNCATE of the
+table (autopay migrations 0004 and 0005); ``manage.py autopay_audit_prune`` is the one way old
+entries leave it, on the record (autopay.audit).
 
 "Recent actions" on the admin's index page is Django's own admin log: actions that do not go
 through a change form (dashboard retry, admin bulk actions) write to it with
