@@ -6,8 +6,11 @@ class AutopayConfig(AppConfig):
     verbose_name = "Auto-pay engine"
 
     def ready(self) -> None:
+        from knox.models import AuthToken
+
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
         from autopay.chain.relayer import relayer_out_listeners
+        from autopay.api.tokens import token_label
         from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
         from autopay.funding import relayer_unfunded_alert, relayers_health
@@ -24,6 +27,8 @@ class AutopayConfig(AppConfig):
         register_payment_tasks(process=process_autopay_job, settle_batch=settle_batch)
         if relayer_unfunded_alert not in relayer_out_listeners:
             relayer_out_listeners.append(relayer_unfunded_alert)
+        # knox names a token by its digest; entries of the audit log name it by its prefix.
+        AuthToken.__str__ = token_label  # type: ignore[method-assign,assignment]
         register_payment_check(configuration_problems)
         register_network_report(networks_report)
         register_health_section("relayers", relayers_health)

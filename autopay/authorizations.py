@@ -134,6 +134,18 @@ def typed_data(authorization: TransferAuthorization) -> dict[str, Any]:
     }
 
 
+# n, the order of secp256k1's group.
+SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def signature_is_canonical(signature: str) -> bool:
+    """Whether the ``s`` of a 65-byte (r, s, v) signature is in the lower half of the curve
+    order, as the token requires (EIP-2); a high-s twin of a valid signature recovers to the
+    same signer but would fail on chain."""
+    raw = signature.removeprefix("0x")
+    return int(raw[64:128], 16) <= SECP256K1_ORDER // 2
+
+
 def recover_signer(authorization: TransferAuthorization, signature: str) -> str:
     """The address whose key produced ``signature`` over ``authorization``."""
     signable = encode_typed_data(
@@ -265,6 +277,12 @@ def _check_one(
                 raise AuthorizationRejected(
                     f"{where}.domain.{field}: expected {expected}, got {item.domain.get(field)!r}."
                 )
+    if not signature_is_canonical(item.signature):
+        raise AuthorizationRejected(
+            f"{where}.signature: s is in the upper half of the curve order (a malleable, "
+            "non-canonical signature, which the token refuses, EIP-2); sign again with a "
+            "standard library (eth_account, viem and wallets produce low-s signatures)."
+        )
     try:
         signer = recover_signer(requested, item.signature)
     except Exception as exc:

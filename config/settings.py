@@ -159,7 +159,12 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 # Probes and scrapers inside the network talk plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says "this came over HTTPS" only when a proxy of ours sets it (and drops
+# what the client sent); without one, any client could claim HTTPS. Django's deployment
+# checklist: set it only behind such a proxy.
+DJANGO_TRUSTED_PROXY = env.bool("DJANGO_TRUSTED_PROXY", default=False)
+if DJANGO_TRUSTED_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # Largest request body (bytes); a larger one answers 413 under /api/. API bodies are tiny.
@@ -210,6 +215,7 @@ REST_FRAMEWORK = {
         "anon": env.str("API_THROTTLE_ANON", default="60/min") or None,
         "user": env.str("API_THROTTLE_USER", default="1200/min") or None,
         "wallet_create": env.str("API_THROTTLE_WALLET_CREATE", default="10/hour") or None,
+        "webhook_resend": env.str("API_THROTTLE_WEBHOOK_RESEND", default="30/hour") or None,
     },
     # Reverse proxies in front of the app: the client is read from X-Forwarded-For only then.
     "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
@@ -402,6 +408,8 @@ AUTOPAY_ALERT_QUEUE_AGE_SECONDS = env.float("AUTOPAY_ALERT_QUEUE_AGE_SECONDS", d
 # Development only: lets endpoints resolve to loopback/private/link-local addresses and use
 # plain http. Off in production: a webhook URL must never reach the service's own network.
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False)
+# Endpoints one user may register: each one is called for every event of theirs.
+WEBHOOK_MAX_ENDPOINTS_PER_USER = env.int("WEBHOOK_MAX_ENDPOINTS_PER_USER", default=10)
 # Each attempt's whole request (connect, send, answer) must finish within this.
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 # Retries: base * 2^(n-1) seconds, capped, with jitter, for this many hours; then given up.

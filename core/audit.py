@@ -12,8 +12,9 @@ is the authenticated user, token or session, and ``additional_data`` says from w
 management commands run through ``manage.py`` (the actor is the operating-system user, in
 ``additional_data``). The engine's own writes in Celery workers are not: it is not an operator
 (the payments and jobs tables are its record). Entries are append-only: the admin cannot
-change or delete them and, on PostgreSQL, a trigger refuses any UPDATE or DELETE of the table
-(autopay migration 0003).
+change or delete them and, on PostgreSQL, triggers refuse any UPDATE, DELETE or TRUNCATE of the
+table (autopay migrations 0004 and 0005); ``manage.py autopay_audit_prune`` is the one way old
+entries leave it, on the record (autopay.audit).
 
 "Recent actions" on the admin's index page is Django's own admin log: actions that do not go
 through a change form (dashboard retry, admin bulk actions) write to it with
@@ -35,11 +36,25 @@ from auditlog.context import auditlog_disabled, set_extra_data
 from auditlog.middleware import AuditlogMiddleware
 from django.http import HttpRequest
 
+from core.client import client_address
+
 
 class AuditMiddleware(AuditlogMiddleware):
     """auditlog's middleware, with the actor read when an entry is written rather than when
     the request arrives: API tokens are authenticated by DRF inside the view, after every
-    middleware ran (DRF then sets the Django request's ``user``)."""
+    middleware ran (DRF then sets the Django request's ``user``).
+
+    The client's address and port are the ones the throttles trust (``API_NUM_PROXIES``):
+    auditlog's own read X-Forwarded-For from anyone, so a client could name another address
+    in the log, or break the request with a value that is no address at all."""
+
+    @staticmethod
+    def _get_remote_addr(request: HttpRequest) -> str | None:
+        return client_address(request)
+
+    @staticmethod
+    def _get_remote_port(request: HttpRequest) -> int | None:
+        return None
 
     def get_extra_data(self, request: HttpRequest) -> dict[str, Any]:
         data: dict[str, Any] = super().get_extra_data(request)

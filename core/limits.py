@@ -17,6 +17,10 @@ from django.utils.html import escape
 from rest_framework import throttling
 from rest_framework.settings import api_settings
 
+from core.client import client_ip
+
+__all__ = ["client_ip"]  # AXES_CLIENT_IP_CALLABLE names it here
+
 if TYPE_CHECKING:  # rest_framework.views imports the throttle classes: no cycle at run time
     from rest_framework.request import Request
     from rest_framework.views import APIView
@@ -75,15 +79,11 @@ class WalletCreateRateThrottle(FailOpenRateThrottle, throttling.UserRateThrottle
     scope = "wallet_create"
 
 
-def client_ip(request: HttpRequest) -> str:
-    """The client's address as the API throttles see it (``API_NUM_PROXIES``), for axes."""
-    forwarded = request.headers.get("x-forwarded-for")
-    remote_addr = str(request.META.get("REMOTE_ADDR") or "")
-    num_proxies = api_settings.NUM_PROXIES or 0
-    if not num_proxies or not forwarded:
-        return remote_addr
-    addresses = forwarded.split(",")
-    return addresses[-min(num_proxies, len(addresses))].strip()
+class WebhookResendRateThrottle(FailOpenRateThrottle, throttling.UserRateThrottle):
+    """Webhook resends, per user (``API_THROTTLE_WEBHOOK_RESEND``): each one is a request to
+    the user's endpoint made by a worker shared with everyone's deliveries."""
+
+    scope = "webhook_resend"
 
 
 _LOCKOUT_PAGE = """<!doctype html>

@@ -212,6 +212,7 @@ def env_values(args: argparse.Namespace, web_port: int, anvil_port: int) -> dict
         "DJANGO_ALLOWED_HOSTS": "localhost,127.0.0.1",
         # Plain HTTP on the loopback interface: no TLS proxy in front here.
         "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_TRUSTED_PROXY": "false",
         # A development chain: the token's deploy and mint commands (autopay.devtools) are on.
         "AUTOPAY_DEV_TOOLS": "true",
         "CHAIN_RPC_URL": "http://anvil:8545",

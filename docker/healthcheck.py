@@ -3,7 +3,8 @@
 
 Slim images have no curl, so this uses the standard library. The request carries a Host that
 DJANGO_ALLOWED_HOSTS accepts (otherwise Django answers 400) and X-Forwarded-Proto: https (the
-settings trust it), so that DJANGO_SECURE_SSL_REDIRECT does not turn the probe into a redirect.
+settings trust it with DJANGO_TRUSTED_PROXY=true), so that DJANGO_SECURE_SSL_REDIRECT does not
+turn the probe into a redirect; /health is exempt from that redirect anyway.
 """
 
 from __future__ import annotations

@@ -252,23 +252,24 @@ class AuthorizationMissing(PermanentPaymentError):
 
 class RequirementsMismatch(PermanentPaymentError):
     """The service's x402 payment requirements differ from the subscription (asset, network,
-    recipient, a higher amount) or it asked for no payment: nothing was signed."""
+    recipient, a higher amount) or are x402 v1: nothing was signed."""
 
     code = "requirements_mismatch"
     fault = Fault.SERVICE
 
 
 class ResourceUnavailable(TransientPaymentError):
-    """The service's paid endpoint could not be reached, timed out or answered 5xx before any
-    payment was sent."""
+    """Before any payment was sent, the service's paid endpoint was not allowed (any more), could
+    not be reached, or answered anything but a 402 with readable requirements. One message for
+    the subscriber whatever the cause (it would tell ports apart); the log has the detail."""
 
     code = "resource_unavailable"
-    fault = Fault.INFRASTRUCTURE
+    fault = Fault.SERVICE
 
 
 class ResourceRefused(PermanentPaymentError):
-    """The service's paid endpoint refused the request or the payment (4xx other than 402,
-    or a 402 after paying with a reason that retrying cannot fix)."""
+    """The service's paid endpoint refused the payment (a 4xx after paying, with a reason that
+    retrying cannot fix)."""
 
     code = "resource_refused"
     fault = Fault.SERVICE

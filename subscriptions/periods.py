@@ -10,7 +10,13 @@ from __future__ import annotations
 import calendar
 from datetime import datetime, timedelta
 
+from core.errors import ServiceError
+
 UNITS = ("minute", "hour", "day", "week", "month", "year")
+
+# The longest billing period: ten years (periods far apart soon leave the calendar's range).
+MAX_PERIOD_MONTHS = 120
+MAX_PERIOD_FIXED = timedelta(days=3653)
 
 _FIXED = {
     "minute": timedelta(minutes=1),
@@ -18,6 +24,19 @@ _FIXED = {
     "day": timedelta(days=1),
     "week": timedelta(weeks=1),
 }
+
+
+class PeriodOutOfRange(ServiceError):
+    """A period whose date the calendar cannot hold (after the year 9999)."""
+
+    code = "period_out_of_range"
+
+
+def interval_is_bounded(*, unit: str, count: int) -> bool:
+    """Whether one period of ``count`` ``unit``s lasts at most ten years."""
+    if unit in _FIXED:
+        return _FIXED[unit] * count <= MAX_PERIOD_FIXED
+    return count * (12 if unit == "year" else 1) <= MAX_PERIOD_MONTHS
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -30,14 +49,18 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 
 def period_start(*, anchor: datetime, unit: str, count: int, index: int) -> datetime:
-    """Start of the ``index``-th billing period (index 0 starts at the anchor)."""
-    if unit in _FIXED:
-        return anchor + _FIXED[unit] * (count * index)
-    if unit == "month":
-        return add_months(anchor, count * index)
-    if unit == "year":
-        return add_months(anchor, 12 * count * index)
-    raise ValueError(f"unknown billing interval unit: {unit}")
+    """Start of the ``index``-th billing period (index 0 starts at the anchor); raises
+    PeriodOutOfRange past the calendar's end."""
+    if unit not in UNITS:
+        raise ValueError(f"unknown billing interval unit: {unit}")
+    try:
+        if unit in _FIXED:
+            return anchor + _FIXED[unit] * (count * index)
+        return add_months(anchor, count * index * (12 if unit == "year" else 1))
+    except (OverflowError, ValueError) as exc:
+        raise PeriodOutOfRange(
+            f"Period {index} of this subscription would start after the year 9999."
+        ) from exc
 
 
 def period_index_at(*, anchor: datetime, unit: str, count: int, moment: datetime) -> int:

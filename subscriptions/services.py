@@ -129,6 +129,8 @@ def subscription_create(
     """
     _check_payer(mode=mode, owner_id=owner.pk, wallet=wallet, payer_address=payer_address)
     _check_resource_url(resource_url)
+    if not periods.interval_is_bounded(unit=interval_unit, count=interval_count):
+        raise SubscriptionStateError("One billing period may last at most ten years.")
     anchor = billing_anchor or timezone.now()
     subscription = Subscription(
         owner=owner,

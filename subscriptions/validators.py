@@ -13,6 +13,7 @@ from eth_utils import is_checksum_address, to_checksum_address
 
 from core.networks import network_registry
 from subscriptions import periods
+from subscriptions.resources import ResourceUrlRefused, resource_destination
 
 ZERO_ADDRESS = "0x" + "0" * 40
 
@@ -125,15 +126,13 @@ def validate_billing_anchor(anchor: datetime, *, unit: str, count: int, now: dat
 
 
 def validate_resource_url(url: str) -> None:
-    """An http(s) URL on a host the operator allows (AUTOPAY_RESOURCE_ALLOWED_HOSTS): the
-    worker requests it, so an arbitrary URL would let a user reach internal addresses."""
+    """An http(s) URL on a host (and port) the operator allows (AUTOPAY_RESOURCE_ALLOWED_HOSTS):
+    the worker requests it, so an arbitrary URL would let a user reach internal addresses. The
+    worker checks again, resolved, at every request (subscriptions.resources)."""
     parsed = urlsplit(url or "")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValidationError("resource_url must be an http(s) URL.", code="resource_url")
-    allowed = [host.strip().lower() for host in settings.AUTOPAY_RESOURCE_ALLOWED_HOSTS]
-    if "*" not in allowed and parsed.hostname.lower() not in allowed:
-        raise ValidationError(
-            f"Host {parsed.hostname} is not allowed for resource_url on this deployment "
-            "(AUTOPAY_RESOURCE_ALLOWED_HOSTS).",
-            code="resource_url",
-        )
+    try:
+        resource_destination(url, resolve=False)
+    except ResourceUrlRefused as exc:
+        raise ValidationError(exc.message, code="resource_url") from exc

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.db.backends.postgresql.operations import DatabaseOperations
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
@@ -22,6 +23,30 @@ from tests.infra import RpcProxy
 pytest_plugins = ["tests.chain.fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+AUDIT_TABLE = "auditlog_logentry"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_empties_the_audit_log() -> Iterator[None]:
+    """Transactional tests end with ``flush``, a TRUNCATE of every table, which the audit
+    log's trigger refuses (autopay migration 0005): in the test database only, the flush
+    turns the table's triggers off for its own transaction (the table owner may; nothing else
+    sees it, ALTER TABLE holds the table's lock until commit)."""
+    original = DatabaseOperations.sql_flush
+
+    def sql_flush(self: Any, style: Any, tables: Any, **kwargs: Any) -> list[str]:
+        statements = list(original(self, style, tables, **kwargs))
+        if AUDIT_TABLE in tables and statements:
+            return [
+                f"ALTER TABLE {AUDIT_TABLE} DISABLE TRIGGER USER",
+                *statements,
+                f"ALTER TABLE {AUDIT_TABLE} ENABLE TRIGGER USER",
+            ]
+        return statements
+
+    DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.sql_flush = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,11 @@ hashed tokens, as the owner of real data, as another user and anonymously. A req
 the test when the answer is a 5xx or does not match the schema: an undocumented status code
 or content type, undocumented headers' shape or a body that the schema does not describe.
 
+Beyond the schema: half the generated requests also carry headers a client controls and the
+schema cannot describe (``HOSTILE_HEADERS``: control characters and NUL in
+``Idempotency-Key``, forged ``X-Forwarded-*``, over-long values), and integer path ids are
+also drawn up to 2^64 (past PostgreSQL's integer and bigint), so neither reaches a 5xx.
+
 Bounded for CI: a fixed seed, ``EXAMPLES_PER_OPERATION`` fuzzed examples per operation (plus
 the deterministic boundary cases of schemathesis' coverage phase) and no example database, so
 every run sends the same requests; the whole module takes well under a minute.
@@ -45,6 +50,17 @@ from tests.factories import (
 
 EXAMPLES_PER_OPERATION = 20
 SEED = 20_260_909
+
+# Headers a client may send whatever the schema says: the values schemathesis never draws
+# (it keeps generated headers RFC-valid), and the proxy headers nothing here trusts.
+HOSTILE_HEADERS: dict[str, list[str]] = {
+    "Idempotency-Key": ["\x00", "key\x00tail", "\x07bell", "tab\tinside", "x" * 256, "é" * 10],
+    "X-Forwarded-Proto": ["https", "https, http", "\x00"],
+    "X-Forwarded-For": ["127.0.0.1", "::1, 10.0.0.1", "not an address"],
+    "X-Forwarded-Host": ["evil.example", "localhost:1"],
+}
+# Path ids at the edges of PostgreSQL's integer types, and past them.
+BIG_IDS = [2**31 - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64]
 
 # Without a chain, the balance answers the 503 its schema documents.
 _CHAIN_READS = {("GET", "/api/wallets/{id}/balance/")}
@@ -228,14 +244,29 @@ def _load_schema(request: pytest.FixtureRequest, world: World) -> Any:
 
     @loaded.hook("flatmap_path_parameters")
     def real_rows(context: Any, path_parameters: dict[str, Any] | None) -> Any:
-        """Half the time, name rows that exist (the fuzzer's ids almost never do)."""
+        """Half the time, name rows that exist (the fuzzer's ids almost never do); integer
+        ids are also drawn up to 2^64."""
         parameters = path_parameters or {}
         known = world.real_ids(context.operation.path)
+        choices = [st.just(path_parameters)]
+        numbers = [name for name, value in parameters.items() if isinstance(value, int)]
+        if numbers:
+            big = st.sampled_from(BIG_IDS) | st.integers(min_value=2**31, max_value=2**64)
+            huge = st.fixed_dictionaries({name: big for name in numbers})
+            choices.append(huge.map(lambda ids: {**parameters, **ids}))
         names = [name for name in parameters if known.get(name)]
-        if not names:
-            return st.just(path_parameters)
-        real = st.fixed_dictionaries({name: st.sampled_from(known[name]) for name in names})
-        return st.one_of(st.just(parameters), real.map(lambda rows: {**parameters, **rows}))
+        if names:
+            real = st.fixed_dictionaries({name: st.sampled_from(known[name]) for name in names})
+            choices.append(real.map(lambda rows: {**parameters, **rows}))
+        return st.one_of(*choices)
+
+    @loaded.hook("flatmap_headers")
+    def hostile_headers(context: Any, headers: dict[str, Any] | None) -> Any:
+        """Half the time, one header as a hostile client would send it."""
+        extra = st.sampled_from(sorted(HOSTILE_HEADERS)).flatmap(
+            lambda name: st.sampled_from(HOSTILE_HEADERS[name]).map(lambda value: {name: value})
+        )
+        return st.one_of(st.just(headers), extra.map(lambda header: {**(headers or {}), **header}))
 
     @loaded.hook("flatmap_body")
     def valid_fields(context: Any, body: Any) -> Any:

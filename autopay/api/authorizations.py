@@ -55,7 +55,8 @@ class UnsignedAnswerSerializer(serializers.Serializer):
 
 
 class UploadItemSerializer(serializers.Serializer):
-    period_index = serializers.IntegerField(min_value=0)
+    # The column's range (PositiveIntegerField).
+    period_index = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
     signature = serializers.RegexField(
         r"^0x[0-9a-fA-F]{130}$", help_text="65-byte signature (r, s, v), 0x-hex."
     )

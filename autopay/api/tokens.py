@@ -28,6 +28,12 @@ from rest_framework.views import APIView
 _DEFAULT: Any = object()
 
 
+def token_label(token: AuthToken) -> str:
+    """A token as the audit log and the admin name it: its prefix and user. knox's own
+    ``str`` shows the digest, which is secret enough to be excluded from the audit."""
+    return f"{token.token_key} : {token.user}"
+
+
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
     """knox's ``Authorization: Token <token>`` in the schema, named as the baseline's was."""
 

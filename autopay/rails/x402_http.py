@@ -36,8 +36,15 @@ from autopay.rails.base import PaymentHooks, PaymentIntent, Progress, Settlement
 from autopay.rails.x402_exact import VALID_AFTER_SKEW_SECONDS, X402ExactRail
 from core.networks import active_network
 from subscriptions import errors
+from subscriptions.resources import ResourceUrlRefused, resource_destination
 
 logger = logging.getLogger(__name__)
+
+# What the subscriber sees for every failure of the resource before a payment is sent.
+RESOURCE_UNAVAILABLE = (
+    "The service's paid endpoint is not available (not allowed, unreachable, or it did not ask "
+    "for an x402 payment); the operator's log has the details."
+)
 
 _REFUSAL_REASONS: dict[str, type[errors.PaymentError]] = {
     "invalid_exact_evm_insufficient_balance": errors.InsufficientBalance,
@@ -163,35 +170,41 @@ class X402HttpRail:
     # --- the handshake --------------------------------------------------------------------
 
     def _request(self, intent: PaymentIntent, headers: dict[str, str]) -> httpx.Response:
+        """One request to the resource, checked against the allow-list now (not only when the
+        subscription was saved) and sent to the address that was checked."""
+        try:
+            destination = resource_destination(intent.resource_url)
+        except ResourceUrlRefused as exc:
+            raise _unavailable(intent, f"refused: {exc.message}") from exc
+        address = destination.addresses[0]
+        literal = f"[{address}]" if ":" in address else address
+        url = f"{destination.scheme}://{literal}:{destination.port}{destination.path}"
         with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
             return client.request(
-                intent.resource_method or "GET", intent.resource_url, headers=headers
+                intent.resource_method or "GET",
+                url,
+                headers={**headers, "host": destination.host_header},
+                # TLS still verifies the certificate against the URL's host name.
+                extensions={"sni_hostname": destination.host},
             )
 
     def _payment_required(self, intent: PaymentIntent) -> PaymentRequired:
+        """The service's 402. Anything else before a payment is sent is one generic
+        ``resource_unavailable`` for the subscriber (the detail, which could tell open, closed
+        and other services' ports apart, goes to the operator's log)."""
         try:
             response = self._request(intent, {})
         except httpx.HTTPError as exc:
-            raise errors.ResourceUnavailable(
-                f"{_where(intent)} unreachable: {type(exc).__name__}"
-            ) from exc
-        if response.status_code >= 500 or response.status_code in (408, 429):
-            raise errors.ResourceUnavailable(f"{_where(intent)} answered {response.status_code}")
+            raise _unavailable(intent, f"unreachable: {type(exc).__name__}") from exc
         if response.status_code != 402:
-            if response.status_code < 400:
-                raise errors.RequirementsMismatch(
-                    f"{_where(intent)} answered {response.status_code} without asking for a "
-                    "payment (402); nothing was signed"
-                )
-            raise errors.ResourceRefused(f"{_where(intent)} answered {response.status_code}")
+            raise _unavailable(intent, f"answered {response.status_code} instead of 402")
         try:
             required = self._http.get_payment_required_response(
                 lambda name: response.headers.get(name), _json_or_none(response)
             )
         except Exception as exc:
-            raise errors.RequirementsMismatch(
-                f"{_where(intent)} answered 402 without readable x402 requirements "
-                f"({type(exc).__name__})"
+            raise _unavailable(
+                intent, f"answered 402 without readable x402 requirements ({type(exc).__name__})"
             ) from exc
         if not isinstance(required, PaymentRequired):
             raise errors.RequirementsMismatch(
@@ -288,6 +301,17 @@ class X402HttpRail:
         return self._exact.reconcile(
             replace(intent, nonce=authorization.nonce, transaction_hash=reported)
         )
+
+
+def _unavailable(intent: PaymentIntent, detail: str) -> errors.ResourceUnavailable:
+    logger.warning(
+        "x402 resource of payment %s unavailable: %s %s %s",
+        intent.payment_id,
+        intent.resource_method,
+        intent.resource_url,
+        detail,
+    )
+    return errors.ResourceUnavailable(RESOURCE_UNAVAILABLE)
 
 
 def _where(intent: PaymentIntent) -> str:

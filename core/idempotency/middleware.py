@@ -99,9 +99,11 @@ class IdempotencyMiddleware:
         if getattr(getattr(view_func, "cls", None), "idempotency_exempt", False):
             return None
         key = key.strip()
-        if not key or len(key) > MAX_KEY_LENGTH:
+        # Control characters (a NUL above all, which PostgreSQL text refuses) are never part
+        # of a key a client meant to send.
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
             return _error(
-                f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters.",
+                f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters.",
                 400,
                 "invalid_idempotency_key",
             )

@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from subscriptions import selectors, validators
+from subscriptions import periods, selectors, validators
 from subscriptions.models import PayerWallet, Payment, Subscription
 
 
@@ -156,6 +156,12 @@ class SubscriptionInputSerializer(serializers.Serializer):
                     }
                 )
             attrs["payer_address"] = payer = wallet.address
+        if not periods.interval_is_bounded(
+            unit=attrs["interval_unit"], count=attrs["interval_count"]
+        ):
+            raise serializers.ValidationError(
+                {"interval_count": "One billing period may last at most ten years."}
+            )
         network = attrs.setdefault("network", settings.CHAIN_NETWORK)
         _run_field("network", validators.validate_network, network)
         token = attrs.get("token_address") or validators.allowed_token(network)

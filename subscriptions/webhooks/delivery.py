@@ -73,12 +73,6 @@ def _post(destination: Destination, payload: bytes, headers: dict[str, str]) -> 
     """POST to the checked address itself (TLS still verifies the host name)."""
     timeout = float(settings.WEBHOOK_TIMEOUT_SECONDS)
     address = destination.addresses[0]
-    default_port = 443 if destination.scheme == "https" else 80
-    host_header = (
-        destination.host
-        if destination.port == default_port
-        else f"{destination.host}:{destination.port}"
-    )
     pool: urllib3.HTTPConnectionPool
     if destination.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
@@ -99,7 +93,7 @@ def _post(destination: Destination, payload: bytes, headers: dict[str, str]) -> 
             "POST",
             destination.path,
             body=payload,
-            headers={**headers, "host": host_header},
+            headers={**headers, "host": destination.host_header},
             redirect=False,
             retries=False,
             preload_content=False,

@@ -50,6 +50,13 @@ class WebhookEndpointDisabled(ServiceError):
     code = "webhook_endpoint_disabled"
 
 
+class WebhookEndpointLimit(ServiceError):
+    """The user has as many endpoints as one may have (WEBHOOK_MAX_ENDPOINTS_PER_USER)."""
+
+    status_code = 409
+    code = "webhook_endpoint_limit"
+
+
 # --- endpoints ---------------------------------------------------------------------------------
 
 
@@ -77,17 +84,28 @@ def webhook_endpoint_create(
     description: str = "",
     enabled: bool = True,
 ) -> tuple[WebhookEndpoint, str]:
-    """A new endpoint and its signing secret (returned once, stored encrypted)."""
+    """A new endpoint and its signing secret (returned once, stored encrypted); at most
+    WEBHOOK_MAX_ENDPOINTS_PER_USER per user, since every one is called for each event."""
     webhook_destination(url, resolve=True)
     secret = _new_secret()
-    endpoint = WebhookEndpoint.objects.create(
-        owner=owner,
-        url=url,
-        event_types=sorted(set(event_types or [])),
-        description=description,
-        enabled=enabled,
-        encrypted_secret=encrypt_private_key(secret.encode()),
-    )
+    limit = int(settings.WEBHOOK_MAX_ENDPOINTS_PER_USER)
+    with transaction.atomic():
+        # The owner's row, locked: two creations at once cannot both take the last place.
+        type(owner).objects.select_for_update().filter(pk=owner.pk).first()
+        if WebhookEndpoint.objects.filter(owner=owner).count() >= limit:
+            raise WebhookEndpointLimit(
+                f"You have {limit} webhook endpoints, the most one user may have here "
+                "(WEBHOOK_MAX_ENDPOINTS_PER_USER); delete one, or send several event types to "
+                "one endpoint."
+            )
+        endpoint = WebhookEndpoint.objects.create(
+            owner=owner,
+            url=url,
+            event_types=sorted(set(event_types or [])),
+            description=description,
+            enabled=enabled,
+            encrypted_secret=encrypt_private_key(secret.encode()),
+        )
     return endpoint, secret
 
 

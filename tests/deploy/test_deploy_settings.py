@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -118,18 +119,22 @@ print(json.dumps({
 """
 
 
-def test_behind_the_proxy_the_production_variables_give_hsts_secure_cookies_and_redirects() -> None:
-    env = {**production_environment(), "DJANGO_SETTINGS_MODULE": "config.settings"}
+def run_probe(code: str, env: dict[str, str]) -> Any:
+    """What the app answered in a process of its own with ``env``, as ``code`` prints it."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         cwd=REPO,
-        env=env,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_behind_the_proxy_the_production_variables_give_hsts_secure_cookies_and_redirects() -> None:
+    seen = run_probe(PROBE, production_environment())
 
     assert seen["https_status"] == 404
     assert seen["https_type"].startswith("application/json")
@@ -139,6 +144,33 @@ def test_behind_the_proxy_the_production_variables_give_hsts_secure_cookies_and_
     assert seen["plain_location"] == "https://autopay.example.com/api/nope"
     # Probes and scrapers inside the network talk plain HTTP (SECURE_REDIRECT_EXEMPT).
     assert seen["probe_status"] != 301
+
+
+FORWARDED_PROBE = r"""
+import json, django
+django.setup()
+from django.test import Client
+
+answer = Client(HTTP_HOST="autopay.example.com").get("/api/nope", HTTP_X_FORWARDED_PROTO="https")
+print(json.dumps({"status": answer.status_code, "location": answer.get("Location")}))
+"""
+
+
+@pytest.mark.parametrize("trusted", ["true", "false", None])
+def test_forwarded_proto_is_trusted_only_behind_the_declared_proxy(trusted: str | None) -> None:
+    """A client that talks plain HTTP straight to the app cannot claim HTTPS with
+    X-Forwarded-Proto unless DJANGO_TRUSTED_PROXY says a proxy of ours sets (and replaces) it."""
+    env = production_environment()
+    env.pop("DJANGO_TRUSTED_PROXY", None)
+    if trusted is not None:
+        env["DJANGO_TRUSTED_PROXY"] = trusted
+    seen = run_probe(FORWARDED_PROBE, env)
+
+    if trusted == "true":
+        assert seen["status"] == 404, seen  # taken as HTTPS: answered
+    else:
+        # Taken as the plain HTTP it is: redirected to HTTPS, whatever the header says.
+        assert seen == {"status": 301, "location": "https://autopay.example.com/api/nope"}
 
 
 # --- bin/manage ------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ WAITING_CODES = {
     "unsupported_network",
     "attempt_timeout",
     "redis_unavailable",
-    "resource_unavailable",
     "authorization_not_yet_valid",
     "chain_clock_ahead",
     "chain_reorg",

@@ -20,8 +20,11 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
+from rest_framework.throttling import BaseThrottle
 
 from core.filters import time_range
+from core.filters import time_range
+from core.limits import WebhookResendRateThrottle
 from subscriptions.webhooks import selectors, services
 from subscriptions.webhooks.api.serializers import (
     WebhookDeliveryDetailSerializer,
@@ -146,6 +149,12 @@ class WebhookDeliveryViewSet(
     """The delivery log of one endpoint, newest first; resend one."""
 
     filterset_class = WebhookDeliveryFilter
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        throttles = list(super().get_throttles())
+        if self.action == "resend":
+            throttles.append(WebhookResendRateThrottle())
+        return throttles
 
     def get_serializer_class(self) -> type[BaseSerializer[Any]]:
         if self.action == "retrieve":
