@@ -9,8 +9,8 @@ class AutopayConfig(AppConfig):
         from knox.models import AuthToken
 
         from autopay import signals  # noqa: F401  (connects the beat-schedule sync)
-        from autopay.chain.relayer import relayer_out_listeners
         from autopay.api.tokens import token_label
+        from autopay.chain.relayer import relayer_out_listeners
         from autopay.chain.status import networks_report
         from autopay.configuration import configuration_problems
         from autopay.funding import relayer_unfunded_alert, relayers_health

@@ -326,6 +326,33 @@ def _await_settlement(
     return Outcome("delayed", retry_in=countdown)
 
 
+def _delay(
+    job: Job,
+    worker_id: str,
+    error: errors.PaymentError,
+    cause: BaseException,
+    hooks: _Hooks,
+    *,
+    countdown: float,
+    count_attempt: bool,
+    outcome: str,
+) -> Outcome:
+    """Park the held job until ``countdown`` has passed, its attempt closed with ``outcome``
+    (counted or given back); a job this worker no longer holds raises LeaseLost."""
+    if not job_services.job_delay(
+        job=job,
+        worker_id=worker_id,
+        countdown=countdown,
+        code=error.code,
+        message=error.message,
+        count_attempt=count_attempt,
+        outcome=outcome,
+        report=hooks.report(),
+    ):
+        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+    return Outcome("delayed", retry_in=countdown)
+
+
 def _wait_for_configuration(
     job: Job,
     worker_id: str,
@@ -337,48 +364,46 @@ def _wait_for_configuration(
     back) and is tried again until the configuration is fixed. Nothing is charged and
     nothing is recorded against the payment or the subscription."""
     countdown = float(settings.AUTOPAY_CONFIGURATION_RETRY_SECONDS)
-    if not job_services.job_delay(
-        job=job,
-        worker_id=worker_id,
+    outcome = _delay(
+        job,
+        worker_id,
+        error,
+        cause,
+        hooks,
         countdown=countdown,
-        code=error.code,
-        message=error.message,
         count_attempt=False,
         outcome=JobAttempt.Outcome.CONFIGURATION_WAIT,
-        report=hooks.report(),
-    ):
-        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+    )
     logger.error(
         "job %s waits for the operator: %s; checking again in %.0fs",
         job.pk,
         error.message,
         countdown,
     )
-    return Outcome("delayed", retry_in=countdown)
+    return outcome
 
 
 def _wait_out_fault(
     job: Job, worker_id: str, error: errors.PaymentError, cause: BaseException, hooks: _Hooks
 ) -> Outcome:
-    """An infrastructure or operator fault (RPC, Redis, a timeout, no funded relayer, the
-    service unreachable) before any broadcast: the job waits, its attempt given back, with a
-    backoff that grows with each wait up to AUTOPAY_FAULT_RETRY_MAX_SECONDS, and is paid when
-    the fault is gone. Nothing is recorded against the payment or the subscription."""
-    waits = job_services.job_waits(job=job)
+    """An infrastructure or operator fault (RPC, Redis, a timeout, no funded relayer) before
+    any broadcast: the job waits, its attempt given back, with a backoff that grows with each
+    wait up to AUTOPAY_FAULT_RETRY_MAX_SECONDS, and is paid when the fault is gone. Nothing is
+    recorded against the payment or the subscription."""
     countdown = job_services.retry_countdown(
-        attempts_made=waits + 1, cap=float(settings.AUTOPAY_FAULT_RETRY_MAX_SECONDS)
+        attempts_made=job_services.job_waits(job=job) + 1,
+        cap=float(settings.AUTOPAY_FAULT_RETRY_MAX_SECONDS),
     )
-    if not job_services.job_delay(
-        job=job,
-        worker_id=worker_id,
+    outcome = _delay(
+        job,
+        worker_id,
+        error,
+        cause,
+        hooks,
         countdown=countdown,
-        code=error.code,
-        message=error.message,
         count_attempt=False,
         outcome=JobAttempt.Outcome.WAITING,
-        report=hooks.report(),
-    ):
-        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+    )
     logger.warning(
         "job %s waits out a%s fault (%s: %s); trying again in %.1fs",
         job.pk,
@@ -387,7 +412,7 @@ def _wait_out_fault(
         error.message,
         countdown,
     )
-    return Outcome("delayed", retry_in=countdown)
+    return outcome
 
 
 def _wait_for_settlement(
@@ -472,15 +497,16 @@ def _retry(
 ) -> Outcome:
     """Delay the job for another attempt, its attempt counted."""
     countdown = job_services.retry_countdown(attempts_made=job.attempts_made)
-    if not job_services.job_delay(
-        job=job,
-        worker_id=worker_id,
+    outcome = _delay(
+        job,
+        worker_id,
+        error,
+        cause,
+        hooks,
         countdown=countdown,
-        code=error.code,
-        message=error.message,
-        report=hooks.report(),
-    ):
-        raise job_services.LeaseLost(f"job {job.pk} is no longer held by {worker_id}") from cause
+        count_attempt=True,
+        outcome=JobAttempt.Outcome.RETRY,
+    )
     logger.warning(
         "job %s attempt %d/%d: %s; retrying in %.1fs",
         job.pk,
@@ -489,7 +515,7 @@ def _retry(
         error.code,
         countdown,
     )
-    return Outcome("delayed", retry_in=countdown)
+    return outcome
 
 
 def process_job(*, job_id: str, worker_id: str) -> Outcome:

@@ -4,17 +4,13 @@ job's share of its gas and fee, and the jobs API shows it, as for a job paid alo
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from web3 import Web3
 
-from autopay.devtools.contracts import mint
-from autopay.scan import scan_due
-from jobs.models import Job, JobAttempt
-from tests.batching import confirm, settle
-from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
+from jobs.models import JobAttempt
+from tests.batching import confirm, scheduled_jobs, settle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 
@@ -22,19 +18,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.chain]
 def test_a_batch_settled_job_has_its_attempt_with_the_transaction_and_its_share_of_the_cost(
     engine_settings: Any, user: Any, api: Any, w3: Web3, token_address: str, deployer: Any
 ) -> None:
-    wallet = PayerWalletFactory.create(owner=user)
-    mint(w3, token_address, deployer.key, str(wallet.address), 100 * 10**6)
-    for _ in range(5):
-        SubscriptionFactory.create(
-            owner=user,
-            wallet=wallet,
-            payer_address=wallet.address,
-            recipient_address=new_address(),
-            token_address=token_address,
-            amount=Decimal("1"),
-        )
-    assert scan_due(publish=False).jobs_created == 5
-    job_ids = [str(pk) for pk in Job.objects.values_list("pk", flat=True)]
+    _, job_ids = scheduled_jobs(user, w3, token_address, deployer, count=5, wallets=1)
 
     (sent,) = settle(job_ids, worker_id="batch-ledger")
     # Claimed: each job's attempt is open, under the batch's worker.

@@ -151,26 +151,10 @@ def test_a_batch_transaction_is_read_once_for_all_its_payments(
 ) -> None:
     """The sweep reads one receipt per transaction, never one per payment: the 6 payments of
     a batch cost one eth_getTransactionReceipt, and are finalized together."""
-    from decimal import Decimal
+    from tests.batching import confirm, scheduled_jobs, settle
 
-    from autopay.devtools.contracts import mint
-    from autopay.scan import scan_due
-    from tests.batching import confirm, settle
-    from tests.factories import PayerWalletFactory, SubscriptionFactory, new_address
-
-    wallet = PayerWalletFactory.create(owner=user)
-    mint(w3, token_address, deployer.key, str(wallet.address), 100 * 10**6)
-    for _ in range(6):
-        SubscriptionFactory.create(
-            owner=user,
-            wallet=wallet,
-            payer_address=wallet.address,
-            recipient_address=new_address(),
-            token_address=token_address,
-            amount=Decimal("1"),
-        )
-    assert scan_due(publish=False).jobs_created == 6
-    (sent,) = settle([str(pk) for pk in Job.objects.values_list("pk", flat=True)])
+    _, job_ids = scheduled_jobs(user, w3, token_address, deployer, count=6, wallets=1)
+    (sent,) = settle(job_ids)
     assert confirm(sent).completed == 6
     _mine(w3, finality)
 

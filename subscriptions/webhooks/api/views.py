@@ -23,7 +23,6 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.throttling import BaseThrottle
 
 from core.filters import time_range
-from core.filters import time_range
 from core.limits import WebhookResendRateThrottle
 from subscriptions.webhooks import selectors, services
 from subscriptions.webhooks.api.serializers import (
