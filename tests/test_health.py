@@ -65,7 +65,11 @@ def test_liveness_is_the_baseline_shape(client: Client, path: str) -> None:
     assert response.status_code == 200, response.content
     body = response.json()
     assert set(body) == LIVE_KEYS
-    assert (body["status"], body["database"], body["redis"]) == ("healthy", "connected", "connected")
+    assert (body["status"], body["database"], body["redis"]) == (
+        "healthy",
+        "connected",
+        "connected",
+    )
     assert parse_datetime(body["timestamp"]) is not None
     assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
 

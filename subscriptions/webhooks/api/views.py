@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
-from config.filters import time_range
+from config.filters import ChoiceFilter, MultipleChoiceFilter, time_range
 from subscriptions.webhooks import selectors, services
 from subscriptions.webhooks.api.serializers import (
     WebhookDeliveryDetailSerializer,
@@ -117,8 +117,8 @@ class WebhookEndpointViewSet(
 
 
 class WebhookDeliveryFilter(filters.FilterSet):
-    status = filters.MultipleChoiceFilter(choices=WebhookDelivery.Status.choices)
-    event_type = filters.ChoiceFilter(field_name="event__type", choices=EventType.choices)
+    status = MultipleChoiceFilter(choices=WebhookDelivery.Status.choices)
+    event_type = ChoiceFilter(field_name="event__type", choices=EventType.choices)
     created_after, created_before = time_range("created_at", "Created")
 
     class Meta:
