@@ -239,6 +239,8 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# No "AXES: BEGIN ..." line at every start (each management command, each worker).
+AXES_VERBOSE = env.bool("AXES_VERBOSE", default=False)
 # Minutes a locked username/address pair waits; 0 = until an operator unlocks it
 # (`manage.py axes_reset_username <name>` or the admin's "Access attempts").
 AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)
