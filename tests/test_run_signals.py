@@ -4,11 +4,13 @@ set-up; a chain that dies during set-up stops the run instead of starting web an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,21 @@ def _assert_all_stopped(needles: tuple[str, ...], log: Path) -> None:
     assert not left, f"left running: {left}\n{log.read_text(errors='replace')[-2000:]}"
 
 
+@contextlib.contextmanager
+def _running_in_background(
+    env: dict[str, str], log: Path, needles: tuple[str, ...]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """bin/run in the background; whatever the test found, nothing of it is left running."""
+    process = _start_in_background(env, log)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for line in _processes_mentioning(*needles):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
 def _wait_for_line(process: subprocess.Popen[bytes], log: Path, marker: str) -> None:
     deadline = time.monotonic() + 240
     while marker not in log.read_text(errors="replace"):
@@ -119,8 +136,7 @@ def test_a_signal_during_set_up_stops_everything_and_exits(
     and forgot a SIGINT whose step exited normally: the system came up anyway)."""
     env, needles = _run_env(tmp_path, f"autopay-run-test-{uuid.uuid4().hex[:8]}")
     log = tmp_path / "run.log"
-    process = _start_in_background(env, log)
-    try:
+    with _running_in_background(env, log, needles) as process:
         _wait_for_line(process, log, marker)
         process.send_signal(signum)
         started = time.monotonic()
@@ -131,19 +147,13 @@ def test_a_signal_during_set_up_stops_everything_and_exits(
         assert "auto-pay stopped." in text
         assert "auto-pay is starting" not in text, "nothing started after the signal"
         _assert_all_stopped(needles, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        for line in _processes_mentioning(*needles):
-            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
 
 
 @pytest.mark.timeout(600)
 def test_a_chain_that_dies_during_set_up_stops_the_run(tmp_path: Path) -> None:
     env, needles = _run_env(tmp_path, f"autopay-run-test-{uuid.uuid4().hex[:8]}")
     log = tmp_path / "run.log"
-    process = _start_in_background(env, log)
-    try:
+    with _running_in_background(env, log, needles) as process:
         _wait_for_line(process, log, "migrating the database")
         chains = _processes_mentioning(f"--port {env['ANVIL_PORT']}")
         assert chains, "the first chain runs"
@@ -157,11 +167,6 @@ def test_a_chain_that_dies_during_set_up_stops_the_run(tmp_path: Path) -> None:
         assert "auto-pay is starting" not in text, "no web or worker without a chain"
         assert "auto-pay stopped." in text
         _assert_all_stopped(needles, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        for line in _processes_mentioning(*needles):
-            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
 
 
 @pytest.mark.timeout(600)
@@ -170,8 +175,7 @@ def test_run_in_the_background_stops_everything_on_sigint_and_sigterm(tmp_path: 
     env, needles = _run_env(tmp_path, queue)
     for signum in (signal.SIGINT, signal.SIGTERM):
         log = tmp_path / f"run-{signum.name}.log"
-        process = _start_in_background(env, log)
-        try:
+        with _running_in_background(env, log, needles) as process:
             _wait_running(process, log, queue)
             assert _processes_mentioning(*needles), "web, worker, beat and anvil are running"
 
@@ -182,8 +186,3 @@ def test_run_in_the_background_stops_everything_on_sigint_and_sigterm(tmp_path: 
             text = log.read_text(errors="replace")
             assert "auto-pay stopped." in text
             assert "AXES: BEGIN" not in text, "no noise lines"
-        finally:
-            if process.poll() is None:
-                process.kill()
-            for line in _processes_mentioning(*needles):
-                os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
