@@ -18,6 +18,8 @@ from autopay.beat import periodic_specs
 from autopay.devtools.anvil import free_port, is_rpc_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The test settings' database and (unreachable) chain are not bin/run's: it picks its own.
+_NOT_INHERITED = {"DATABASE_URL", "CHAIN_RPC_URL"}
 
 pytestmark = pytest.mark.chain
 
@@ -40,7 +42,7 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     queue = redis.Redis.from_url(settings.REDIS_URL)
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
     port2 = free_port()
     env.update(
         {

@@ -19,6 +19,8 @@ from django.conf import settings
 from autopay.devtools.anvil import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The test settings' database and (unreachable) chain are not bin/run's: it picks its own.
+_NOT_INHERITED = {"DATABASE_URL", "CHAIN_RPC_URL"}
 
 pytestmark = [pytest.mark.chain, pytest.mark.worker]
 
@@ -68,7 +70,7 @@ def _run_env(tmp_path: Path, queue: str) -> tuple[dict[str, str], tuple[str, ...
     holds), and what names its processes in /proc."""
     ports = {name: free_port() for name in ("ANVIL_PORT", "ANVIL2_PORT", "PAID_SERVICE_PORT")}
     web_port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
     env.update(
         {
             "AUTOPAY_VAR_DIR": str(tmp_path / "var"),
@@ -124,7 +126,7 @@ def _wait_for_line(process: subprocess.Popen[bytes], log: Path, marker: str) -> 
     ("marker", "signum"),
     [
         ("starting the chain", signal.SIGINT),
-        ("deploying the token", signal.SIGTERM),
+        ("deploying on the local chains", signal.SIGTERM),
         ("migrating the database", signal.SIGINT),
         ("creating demo data", signal.SIGINT),
     ],

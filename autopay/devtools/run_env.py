@@ -10,7 +10,8 @@
 * ``alive PID ...``: have all these processes kept running;
 * ``dev-env PATH``: the development secrets, generated once, kept in PATH.
 
-No Django: these run before the settings can be loaded.
+No Django and no web3: these run before the settings can be loaded, and each is a process of
+its own that must start fast.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from pathlib import Path
 
 import redis
 from cryptography.fernet import Fernet
-from web3 import Web3
 
-from autopay.devtools.anvil import free_port, is_rpc_alive, port_is_free
+from autopay.devtools.anvil import free_port, has_code, is_rpc_alive, port_is_free
 
 # The Redis key that marks a database as one checkout's (its var directory).
 CLAIM_KEY = "autopay:run:owner"
@@ -100,16 +100,6 @@ def wait_chain(url: str, pid: int, *, timeout: float = 60.0) -> int:
             return 3
         time.sleep(0.2)
     return 2
-
-
-def has_code(url: str, address: str) -> bool:
-    if not address:
-        return False
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 10}))
-    try:
-        return len(w3.eth.get_code(Web3.to_checksum_address(address))) > 0
-    except Exception:
-        return False
 
 
 def dev_env(path: Path) -> None:
