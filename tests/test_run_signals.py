@@ -143,7 +143,9 @@ def test_a_signal_during_set_up_stops_everything_and_exits(
         process.send_signal(signum)
         started = time.monotonic()
         returncode = process.wait(timeout=30)
-        assert time.monotonic() - started < 25, "stopped at once, not after the step"
+        # At once: not after the step (migrating, deploying, the demo data take 5-15 s here).
+        took = time.monotonic() - started
+        assert took < 4, f"stopped after {took:.1f} s"
         assert returncode == 128 + signum, log.read_text(errors="replace")[-2000:]
         text = log.read_text(errors="replace")
         assert "auto-pay stopped." in text
