@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,24 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
             connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 7
         )
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def test_run_takes_a_free_port_where_the_default_is_taken() -> None:
+    """What bin/run does with each default port (8000, 8545, 8546, 8402): kept when free,
+    replaced by a free one when something (a second checkout's bin/run) listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        free = free_port()
+        completed = subprocess.run(
+            [sys.executable, "-m", "autopay.devtools.run_env", "ports", f"A={busy}", f"B={free}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    chosen = dict(line.split("=") for line in completed.stdout.split())
+    assert int(chosen["A"]) not in (busy, free, 0)
+    assert chosen["B"] == str(free)
