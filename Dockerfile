@@ -93,8 +93,9 @@ USER autopay:autopay
 
 EXPOSE 8000
 
-# The web role's health: database and Redis reachable (GET /health). Worker and beat override
-# it (see compose.yaml); orchestrators that ignore HEALTHCHECK use their own probes.
+# The web role's liveness: database and Redis reachable (GET /health/live; payments' readiness
+# is /health/ready). Worker and beat override it (see compose.yaml); orchestrators that ignore
+# HEALTHCHECK use their own probes.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "/app/docker/healthcheck.py"]
 

@@ -26,6 +26,20 @@ router.register(
     WebhookDeliveryViewSet,
     basename="webhook-delivery",
 )
+# GET /api/ lists these beside the router's lists (subscriptions, payments, wallets, jobs,
+# webhook endpoints).
+router.root_links.update(
+    {
+        "jobs/stats": "job-stats",
+        "analytics": "analytics",
+        "auth/tokens": "auth-tokens",
+        "schema": "schema",
+        "docs": "api-docs",
+        "health": "health",
+        "health/live": "health-live",
+        "health/ready": "health-ready",
+    }
+)
 
 urlpatterns = [
     re_path(r"^auth/tokens/?$", TokenListCreateView.as_view(), name="auth-tokens"),

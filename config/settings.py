@@ -158,7 +158,7 @@ SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 # Probes and scrapers inside the network talk plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^health(/live|/ready)?/?$", r"^metrics$"]
 # X-Forwarded-Proto says "this came over HTTPS" only when a proxy of ours sets it (and drops
 # what the client sent); without one, any client could claim HTTPS. Django's deployment
 # checklist: set it only behind such a proxy.
@@ -245,6 +245,8 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# No "AXES: BEGIN ..." line at every start (each management command, each worker).
+AXES_VERBOSE = env.bool("AXES_VERBOSE", default=False)
 # Minutes a locked username/address pair waits; 0 = until an operator unlocks it
 # (`manage.py axes_reset_username <name>` or the admin's "Access attempts").
 AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)

@@ -4,11 +4,12 @@ Django's own error pages answer the JSON envelope under /api/ and stay HTML else
 """
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from core import api
-from core.health import health
+from core.health import health, health_live, health_ready
 
 
 class SchemaView(api.JsonErrorsMixin, SpectacularAPIView):
@@ -24,8 +25,12 @@ class RedocView(api.JsonErrorsMixin, SpectacularRedocView):
 
 
 urlpatterns = [
+    # The admin's "View site" link and a browser's first visit land on the API docs.
+    path("", RedirectView.as_view(pattern_name="api-docs", permanent=False), name="root"),
     path("health", health, name="health"),
     path("health/", health),
+    re_path(r"^health/live/?$", health_live, name="health-live"),
+    re_path(r"^health/ready/?$", health_ready, name="health-ready"),
     path("metrics", include("autopay.metrics")),
     path("admin/", admin.site.urls),
     path("api/schema/", SchemaView.as_view(), name="schema"),

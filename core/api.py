@@ -45,6 +45,7 @@ __all__ = [
     "OptionalSlashRouter",
     "error_response",
     "exception_handler",
+    "not_found_message",
     "success_response",
 ]
 
@@ -71,6 +72,21 @@ class OptionalSlashRouter(DefaultRouter):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.trailing_slash = "/?"
+        # Root links to routes the router does not own (plain views: analytics, tokens...),
+        # name -> URL name; the composition root fills it.
+        self.root_links: dict[str, str] = {}
+
+    def get_api_root_view(self, api_urls: Any = None) -> Any:
+        """``GET /api/``: every resource, the router's lists and ``root_links``, by name.
+
+        A prefix registered twice (subscriptions and their trigger action) keeps its list."""
+        links: dict[str, str] = {}
+        for prefix, _viewset, basename in self.registry:
+            name = self.routes[0].name.format(basename=basename)
+            if "(?P<" not in prefix:
+                links.setdefault(prefix, name)
+        links.update(self.root_links)
+        return self.APIRootView.as_view(api_root_dict=links)
 
 
 # --- DRF views -----------------------------------------------------------------------------
@@ -108,6 +124,22 @@ def _names_a_missing_row(context: dict[str, Any]) -> bool:
     return False
 
 
+def not_found_message(view: Any) -> str:
+    """One 404 text on every route: "<Resource> not found." (``Subscription not found.``), the
+    resource being the view's ``not_found_name`` or its model's name; else "Not found."."""
+    name = getattr(view, "not_found_name", None)
+    if name is None:
+        queryset = getattr(view, "queryset", None)
+        if queryset is None and view is not None:
+            try:
+                queryset = view.get_queryset()
+            except Exception:
+                queryset = None
+        model = getattr(queryset, "model", None)
+        name = str(model._meta.verbose_name) if model is not None else None
+    return f"{name[:1].upper()}{name[1:]} not found." if name else "Not found."
+
+
 def _translate(exc: Exception, context: dict[str, Any]) -> Exception:
     """Django, database and Redis exceptions as the API exception they mean."""
     if isinstance(exc, DjangoValidationError):
@@ -115,7 +147,7 @@ def _translate(exc: Exception, context: dict[str, Any]) -> Exception:
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )
     if isinstance(exc, Http404):
-        return exceptions.NotFound(str(exc) or "Not found.")
+        return exceptions.NotFound(not_found_message(context.get("view")))
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge(payload_too_large_message())
     if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):

@@ -62,3 +62,25 @@ def time_range(field_name: str, label: str) -> tuple[TimeFilter, ...]:
             field_name=field_name, lookup_expr="lte", help_text=f"{label} at or before (ISO 8601)."
         ),
     )
+
+
+def _invalid_choice(choices: Any) -> str:
+    values = ", ".join(str(value) for value, _label in choices)
+    return f"%(value)s is not one of the valid values: {values}."
+
+
+class ChoiceFilter(filters.ChoiceFilter):
+    """One of fixed values; an unknown one answers 400 listing the valid ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("error_messages", {"invalid_choice": _invalid_choice(kwargs["choices"])})
+        super().__init__(*args, **kwargs)
+
+
+class MultipleChoiceFilter(filters.MultipleChoiceFilter):
+    """Values from a fixed set (the parameter repeated); an unknown one answers 400 listing the
+    valid ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("error_messages", {"invalid_choice": _invalid_choice(kwargs["choices"])})
+        super().__init__(*args, **kwargs)

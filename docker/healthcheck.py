@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Docker HEALTHCHECK of the web role: GET /health on this container, exit 0 only on HTTP 200.
+"""Docker HEALTHCHECK of the web role: GET /health/live on this container (liveness: the process,
+the database and Redis; a dry relayer or an RPC outage must not mark the API unhealthy), exit
+0 only on HTTP 200.
 
 Slim images have no curl, so this uses the standard library. The request carries a Host that
 DJANGO_ALLOWED_HOSTS accepts (otherwise Django answers 400) and X-Forwarded-Proto: https (the
@@ -26,7 +28,7 @@ def probe_host() -> str:
 def main() -> int:
     port = os.environ.get("PORT", "8000")
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/health",
+        f"http://127.0.0.1:{port}/health/live",
         headers={"Host": probe_host(), "X-Forwarded-Proto": "https"},
     )
     timeout = float(os.environ.get("HEALTHCHECK_TIMEOUT_SECONDS", "8"))
@@ -39,7 +41,7 @@ def main() -> int:
         print(f"healthcheck: {error}", file=sys.stderr)
         return 1
     if status != 200:
-        print(f"healthcheck: /health answered {status}", file=sys.stderr)
+        print(f"healthcheck: /health/live answered {status}", file=sys.stderr)
         return 1
     return 0
 

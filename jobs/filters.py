@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from django_filters import rest_framework as filters
 
-from core.filters import AmountFilter, IdFilter, time_range
+from core.filters import (
+    AmountFilter,
+    ChoiceFilter,
+    IdFilter,
+    MultipleChoiceFilter,
+    time_range,
+)
 from jobs.models import Job
 
 
 class JobFilter(filters.FilterSet):
-    status = filters.MultipleChoiceFilter(
+    status = MultipleChoiceFilter(
         choices=Job.Status.choices, help_text="One or more (repeat the parameter)."
     )
     # A plain number: another user's subscription id answers like a missing one (empty).
     subscription = IdFilter(field_name="subscription_id")
     payment = IdFilter(field_name="payment_id")
-    source = filters.ChoiceFilter(choices=Job.Source.choices)
+    source = ChoiceFilter(choices=Job.Source.choices)
     error_code = filters.CharFilter(help_text="e.g. insufficient_balance, rpc_unavailable.")
     service = filters.CharFilter(
         field_name="subscription__service_name",

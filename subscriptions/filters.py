@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from django_filters import rest_framework as filters
 
-from core.filters import AmountFilter, IdFilter, time_range
+from core.filters import (
+    AmountFilter,
+    ChoiceFilter,
+    IdFilter,
+    MultipleChoiceFilter,
+    time_range,
+)
 from subscriptions.models import Payment, Subscription
 
 
 class SubscriptionFilter(filters.FilterSet):
-    status = filters.MultipleChoiceFilter(
+    status = MultipleChoiceFilter(
         choices=Subscription.Status.choices, help_text="One or more (repeat the parameter)."
     )
     auto_pay_enabled = filters.BooleanFilter()
     network = filters.CharFilter(help_text="CAIP-2 id, e.g. eip155:8453.")
-    interval_unit = filters.ChoiceFilter(choices=Subscription.IntervalUnit.choices)
-    mode = filters.ChoiceFilter(choices=Subscription.Mode.choices)
+    interval_unit = ChoiceFilter(choices=Subscription.IntervalUnit.choices)
+    mode = ChoiceFilter(choices=Subscription.Mode.choices)
     service = filters.CharFilter(
         field_name="service_name", lookup_expr="icontains", help_text="Part of the service name."
     )
@@ -36,7 +42,7 @@ class PaymentFilter(filters.FilterSet):
     # A plain number, not a model choice: a choice filter validates the id against every
     # subscription, so another user's id (200) and a missing one (400) told them apart.
     subscription = IdFilter(field_name="subscription_id")
-    status = filters.MultipleChoiceFilter(
+    status = MultipleChoiceFilter(
         choices=Payment.Status.choices, help_text="One or more (repeat the parameter)."
     )
     network = filters.CharFilter(help_text="CAIP-2 id, e.g. eip155:8453.")

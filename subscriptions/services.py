@@ -311,12 +311,15 @@ def payment_take_due(*, subscription: Subscription, now: datetime) -> Payment:
     # LOCKED) and takes them on its next run. The checks run on the locked row.
     subscription = subscription_lock(subscription)
     if not subscription.is_chargeable:
-        raise SubscriptionStateError(
-            "Auto-pay is not enabled for this subscription."
-            if not subscription.auto_pay_enabled
-            else f"Subscription is {subscription.status}; only active or past-due "
-            "subscriptions can be charged."
-        )
+        # The state first: canceling also turns auto-pay off, and "canceled" is the reason.
+        if subscription.status == Subscription.Status.CANCELED:
+            raise SubscriptionStateError("Subscription is canceled; it cannot be charged.")
+        if subscription.status not in Subscription.CHARGEABLE_STATUSES:
+            raise SubscriptionStateError(
+                f"Subscription is {subscription.status}; only active or past-due "
+                "subscriptions can be charged."
+            )
+        raise SubscriptionStateError("Auto-pay is not enabled for this subscription.")
     payment = (
         subscription.payments.select_for_update()
         .exclude(status__in=SETTLED_STATUSES)

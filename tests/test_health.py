@@ -10,6 +10,8 @@ from django.db import connections
 from django.test import Client
 from django.utils.dateparse import parse_datetime
 
+from core.health import health_report
+
 pytestmark = pytest.mark.django_db
 
 
@@ -51,6 +53,92 @@ def test_health_is_healthy_without_authentication(client: Client, path: str) -> 
     assert timestamp is not None
     assert timestamp.tzinfo is not None
     assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+
+
+LIVE_KEYS = {"status", "database", "redis", "timestamp", "redisMode"}
+
+
+@pytest.mark.parametrize("path", ["/health/live", "/health/live/"])
+def test_liveness_is_the_baseline_shape(client: Client, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert set(body) == LIVE_KEYS
+    assert (body["status"], body["database"], body["redis"]) == (
+        "healthy",
+        "connected",
+        "connected",
+    )
+    assert parse_datetime(body["timestamp"]) is not None
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+
+
+def test_misconfigured_payments_fail_readiness_but_not_liveness(
+    client: Client, settings: Any
+) -> None:
+    """A bad relayer key stops payments: /health/ready and /health say so (503, the part named),
+    while /health/live, what a load balancer probes, keeps the API in service."""
+    settings.RELAYER_PRIVATE_KEY = "0x1234"
+
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503, ready.content
+    body = ready.json()
+    assert body["status"] == "not_ready"
+    assert body["payments"] == "misconfigured"
+    assert any(problem.startswith("relayer") for problem in body["paymentsProblems"]), body
+    assert body["database"] == "connected"
+    assert "eip155:31337" in body["networks"]
+
+    assert client.get("/health").status_code == 503
+    live = client.get("/health/live")
+    assert live.status_code == 200, live.content
+    assert set(live.json()) == LIVE_KEYS
+
+
+def test_readiness_is_ready_when_payments_are_configured(client: Client) -> None:
+    response = client.get("/health/ready")
+
+    # Nothing answers at the default chain here: the relayer's balance is unknown, which does
+    # not stop readiness (an RPC outage delays payments, the jobs retry).
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["payments"] == "ok"
+    assert body["relayers"]["status"] in ("unknown", "ok")
+
+
+def test_health_report_gives_both_probes(settings: Any) -> None:
+    """The one function the dashboard reads: liveness and readiness, each with its verdict."""
+    settings.RELAYER_PRIVATE_KEY = "0x1234"
+
+    report = health_report()
+
+    assert report.live.healthy is True
+    assert set(report.live.body) == LIVE_KEYS
+    assert report.ready.healthy is False
+    assert report.ready.body["payments"] == "misconfigured"
+
+
+def test_liveness_answers_503_when_redis_is_unreachable(client: Client, settings: Any) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"
+
+    response = client.get("/health/live")
+
+    assert response.status_code == 503
+    assert response.json()["redis"] == "disconnected"
+    assert client.get("/health/ready").status_code == 503
+
+
+def test_root_redirects_to_the_api_docs(client: Client) -> None:
+    response = client.get("/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/api/docs/"
+    docs = client.get(response["Location"])
+    assert docs.status_code == 200
+    # Served from this server: no CDN in the page.
+    assert "cdn." not in docs.content.decode().lower()
 
 
 def test_health_ignores_a_bad_token(client: Client) -> None:

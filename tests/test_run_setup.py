@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from autopay.beat import periodic_specs
 from autopay.devtools.anvil import free_port, is_rpc_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The test settings' database and (unreachable) chain are not bin/run's: it picks its own.
+_NOT_INHERITED = {"DATABASE_URL", "CHAIN_RPC_URL"}
 
 pytestmark = pytest.mark.chain
 
@@ -40,7 +44,7 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
     queue = redis.Redis.from_url(settings.REDIS_URL)
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
     port2 = free_port()
     env.update(
         {
@@ -127,3 +131,24 @@ def test_run_setup_creates_the_demo_on_fresh_sqlite_and_can_run_twice(tmp_path: 
             connection.execute("SELECT COUNT(*) FROM subscriptions_subscription").fetchone()[0] == 7
         )
     queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def test_run_takes_a_free_port_where_the_default_is_taken() -> None:
+    """What bin/run does with each default port (8000, 8545, 8546, 8402): kept when free,
+    replaced by a free one when something (a second checkout's bin/run) listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        free = free_port()
+        completed = subprocess.run(
+            [sys.executable, "-m", "autopay.devtools.run_env", "ports", f"A={busy}", f"B={free}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    chosen = dict(line.split("=") for line in completed.stdout.split())
+    assert int(chosen["A"]) not in (busy, free, 0)
+    assert chosen["B"] == str(free)

@@ -207,7 +207,7 @@ class TokenDetailView(APIView):
         """Revoke the caller's token with this prefix; it answers 401 from now on."""
         deleted, _ = AuthToken.objects.filter(user_id=request.user.pk, token_key=prefix).delete()
         if not deleted:
-            raise exceptions.NotFound("No such token.")
+            raise exceptions.NotFound("Token not found.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

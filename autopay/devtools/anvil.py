@@ -217,6 +217,17 @@ def is_rpc_alive(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def has_code(url: str, address: str, timeout: float = 10.0) -> bool:
+    """True when a contract is deployed at ``address`` on the chain at ``url``."""
+    if not address:
+        return False
+    try:
+        code = _rpc(url, "eth_getCode", [address, "latest"], timeout=timeout)
+    except (OSError, ValueError, AnvilError, KeyError):
+        return False
+    return code not in (None, "0x", "0x0")
+
+
 def port_is_free(port: int, host: str = DEFAULT_HOST) -> bool:
     """True when nothing listens on ``host:port`` (a TIME_WAIT leftover counts as free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -79,7 +79,7 @@ class JobViewSet(CsvExportMixin, viewsets.GenericViewSet):
         """Status of one job, in the baseline's shape."""
         job = self._get_job(pk)
         if job is None:
-            return error_response("Job not found", status.HTTP_404_NOT_FOUND)
+            return error_response("Job not found.", status.HTTP_404_NOT_FOUND)
         return success_response(JobStatusSerializer(job, context={"request": request}).data)
 
     @extend_schema(
@@ -91,7 +91,7 @@ class JobViewSet(CsvExportMixin, viewsets.GenericViewSet):
         if not subscription_id.isdigit() or not (
             subscription_list(user=request.user).filter(pk=int(subscription_id)).exists()
         ):
-            return error_response("Subscription not found", status.HTTP_404_NOT_FOUND)
+            return error_response("Subscription not found.", status.HTTP_404_NOT_FOUND)
         jobs = self.get_queryset().filter(subscription_id=int(subscription_id))
         return success_response(JobSummarySerializer(jobs, many=True).data)
 
@@ -107,7 +107,7 @@ class JobViewSet(CsvExportMixin, viewsets.GenericViewSet):
         """Retry a failed job: a new job on the same payment."""
         job = self._get_job(pk)
         if job is None:
-            return error_response("Job not found", status.HTTP_404_NOT_FOUND)
+            return error_response("Job not found.", status.HTTP_404_NOT_FOUND)
         # Staff retrying another user's job need the admin's permission to change jobs.
         self.check_object_permissions(request, job)
         return _queued(services.job_retry(job=job))

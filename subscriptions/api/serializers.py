@@ -65,6 +65,14 @@ class WalletOwnedField(serializers.PrimaryKeyRelatedField):
     Staff too: a subscription may only sign with its own owner's wallet, never another's.
     """
 
+    default_error_messages = {
+        "required": "This field is required.",
+        # Another user's wallet is answered as a missing one: its existence is not disclosed.
+        "does_not_exist": "Wallet {pk_value} not found: give the id of one of your wallets "
+        "(GET /api/wallets/).",
+        "incorrect_type": "A wallet id (a number) is expected, not {data_type}.",
+    }
+
     def get_queryset(self) -> Any:
         owner = self.context.get("owner")
         if owner is None:
@@ -164,11 +172,16 @@ class SubscriptionInputSerializer(serializers.Serializer):
             )
         network = attrs.setdefault("network", settings.CHAIN_NETWORK)
         _run_field("network", validators.validate_network, network)
-        token = attrs.get("token_address") or validators.allowed_token(network)
-        if not token:
+        if validators.allowed_token(network) is None:
+            # The network is the client's choice that fails, not the token it left out.
+            usable = ", ".join(sorted(validators.network_tokens())) or "none"
             raise serializers.ValidationError(
-                {"token_address": f"No token is configured for network {network}."}
+                {
+                    "network": f"Network {network} has no token configured here; "
+                    f"configured networks: {usable}."
+                }
             )
+        token = attrs.get("token_address") or validators.allowed_token(network)
         _run_field("token_address", validators.validate_token, token, network=network)
         attrs["token_address"] = token
         _run_field(

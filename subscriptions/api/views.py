@@ -149,6 +149,7 @@ class WalletViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     """Payer wallets: the server generates the key, keeps it encrypted, answers the address."""
 
     serializer_class = WalletOutputSerializer
+    not_found_name = "Wallet"  # the API's name for a payer wallet
 
     def get_throttles(self) -> list[BaseThrottle]:
         # Each wallet is a new server-held key: creation has a tight limit of its own.

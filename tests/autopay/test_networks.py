@@ -202,3 +202,59 @@ def test_metrics_report_per_network(networks: list[dict[str, Any]], settings: An
     assert 'autopay_network_up{network="eip155:31337"} 1.0' in text
     assert f'autopay_network_up{{network="{SECOND}"}} 1.0' in text
     assert f'autopay_network_up{{network="{DEAD}"}} 0.0' in text
+
+
+def test_wallet_balance_on_each_network(
+    networks: list[dict[str, Any]],
+    second_chain: tuple[AnvilProcess, str],
+    token_address: str,
+    w3: Web3,
+    user: Any,
+    api: APIClient,
+) -> None:
+    """``?network=`` reads the balance on that network's chain and token; an unknown network is
+    a 400 naming the valid ones; an unreachable one a 503 with the reason, never a 500."""
+    node, second_token = second_chain
+    wallet = PayerWalletFactory.create(owner=user)
+    mint(w3, token_address, ANVIL_DEV_KEYS[0], str(wallet.address), 3 * 10**6)
+    mint(Web3(Web3.HTTPProvider(node.rpc_url)), second_token, ANVIL_DEV_KEYS[0], wallet.address, 7)
+    url = f"/api/wallets/{wallet.pk}/balance/"
+
+    default = api.get(url)
+    assert default.status_code == 200, default.content
+    assert (default.json()["network"], default.json()["balance"]) == ("eip155:31337", "3")
+
+    second = api.get(url, {"network": SECOND})
+    assert second.status_code == 200, second.content
+    assert second.json()["token"] == second_token
+    assert (second.json()["balance"], second.json()["balanceAtomic"]) == ("0.000007", "7")
+
+    unknown = api.get(url, {"network": "eip155:999"})
+    assert unknown.status_code == 400, unknown.content
+    assert unknown.json()["success"] is False
+    message = unknown.json()["details"]["network"][0]
+    assert "eip155:999" in message
+    assert all(entry["network"] in message for entry in networks)
+
+    dead = api.get(url, {"network": DEAD})
+    assert dead.status_code == 503, dead.content
+    assert dead.json()["success"] is False
+    assert f"RPC of network {DEAD} is unreachable" in dead.json()["error"]
+
+
+def test_wallet_balance_answers_503_when_the_token_has_no_contract(
+    engine_settings: Any, user: Any, api: APIClient
+) -> None:
+    """A TOKEN_ADDRESS with no contract on the chain is the operator's configuration: 503 with
+    the reason, where it was a 500."""
+    missing = new_address()
+    engine_settings.TOKEN_ADDRESS = missing
+    wallet = PayerWalletFactory.create(owner=user)
+
+    response = api.get(f"/api/wallets/{wallet.pk}/balance")
+
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert body["success"] is False
+    assert missing in body["error"]
+    assert "no token contract" in body["error"]

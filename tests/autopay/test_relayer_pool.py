@@ -82,6 +82,14 @@ def test_health_shows_relayer_balances_and_fails_below_the_minimum(
     assert body["relayers"]["status"] == "low"
     assert {"address": empty.address, "balanceEth": "0"} in body["relayers"]["balances"]
     assert "0x" + bytes(empty.key).hex() not in unfunded.content.decode(), "never a key"
+    # Payments are not ready, but the API stays in its load balancer: liveness is unaffected.
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not_ready"
+    assert ready.json()["relayers"]["status"] == "low"
+    live = client.get("/health/live")
+    assert live.status_code == 200, live.content
+    assert live.json()["status"] == "healthy"
 
 
 def test_health_stays_up_when_the_chain_does_not_answer(

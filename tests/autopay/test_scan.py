@@ -874,3 +874,27 @@ def test_scan_works_on_sqlite(tmp_path: Path) -> None:
             "periodStart": payment["start"],
         }
     )
+
+
+@pytest.mark.django_db
+def test_resume_charges_the_period_in_progress_and_skips_those_spent_paused(user: Any) -> None:
+    """The README's rule: periods that began and ended while paused are never charged; the
+    period in progress at resume is (its service is delivered), once."""
+    anchor = timezone.now() - timedelta(days=10, hours=1)
+    subscription = SubscriptionFactory.create(
+        owner=user, billing_anchor=anchor, interval_unit="day"
+    )
+    services.subscription_pause(subscription=subscription)
+    paused = scan_due(now=timezone.now(), publish=False)
+    assert paused.payments_created == 0
+
+    services.subscription_resume(subscription=subscription)
+    summary = scan_due(now=timezone.now(), publish=False)
+
+    assert summary.payments_created == 1
+    payment = Payment.objects.get(subscription=subscription)
+    assert payment.period_index == 10
+    assert payment.period_start == anchor + timedelta(days=10)
+    assert payment.period_start < timezone.now() < payment.period_start + DAY
+    assert Job.objects.filter(payment=payment).count() == 1
+    assert scan_due(now=timezone.now(), publish=False).payments_created == 0

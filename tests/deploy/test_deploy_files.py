@@ -460,7 +460,7 @@ def test_healthcheck_probes_health_with_python(final: Stage) -> None:
     assert argv[0] == "python"
     assert argv[1].endswith("docker/healthcheck.py")
     assert "docker/healthcheck.py" in " ".join(copy_sources(final))
-    assert "/health" in HEALTHCHECK.read_text()
+    assert "/health/live" in HEALTHCHECK.read_text()
 
 
 def test_default_command_is_gunicorn_behind_the_entrypoint(final: Stage) -> None:
@@ -625,7 +625,8 @@ def test_healthcheck_script(status: int, exit_code: int) -> None:
         server.server_close()
     assert result.returncode == exit_code, result.stderr
     request = _HealthHandler.seen[0]
-    assert request["path"] == "/health"
+    # Liveness only: a dry relayer or an RPC outage must not take the web container down.
+    assert request["path"] == "/health/live"
     # A host Django accepts, and the proxy header that avoids the HTTPS redirect.
     assert request["Host"] == "pay.example.com"
     assert request["X-Forwarded-Proto"] == "https"

@@ -1,5 +1,6 @@
-"""The README's webhook verification snippets (Python and Node) accept a real signed delivery
-from the engine and refuse a tampered one: the documentation stays true."""
+"""The README's snippets run: the webhook verification snippets (Python and Node) accept a real
+signed delivery from the engine and refuse a tampered one; the filter examples find what they
+say. The documentation stays true."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
+from subscriptions.models import Payment
 from subscriptions.webhooks.delivery import event_payload, signed_headers
 from subscriptions.webhooks.models import EventType
 from subscriptions.webhooks.services import (
@@ -20,6 +23,7 @@ from subscriptions.webhooks.services import (
     webhook_endpoint_secrets,
     webhook_event_record,
 )
+from tests.factories import SubscriptionFactory, failed_job
 
 README = Path(__file__).resolve().parent.parent.parent / "README.md"
 
@@ -82,3 +86,40 @@ catch (error) { console.log(error.message); }
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [delivery["id"], "bad signature"]
+
+
+def _curl_paths(marker: str) -> list[str]:
+    """The ``$API/...`` paths (with their query) of the curl lines of the bash block."""
+    return re.findall(r'"\$API(/[^"]+)"', _block("bash", marker))
+
+
+@pytest.mark.django_db
+def test_the_filter_examples_find_what_they_say(api: APIClient, user: Any) -> None:
+    subscription = SubscriptionFactory.create(owner=user, service_name="Pro plan")
+    failed = failed_job(subscription, code="insufficient_balance").payment
+    paid = failed_job(subscription, index=1, code="rpc_unavailable").payment
+    Payment.objects.filter(pk=paid.pk).update(
+        status=Payment.Status.COMPLETED, error_code="", completed_at=timezone.now()
+    )
+    failures, by_amount, export = _curl_paths("error_code=insufficient_balance")
+
+    found = api.get(f"/api{failures}")
+    assert found.status_code == 200, found.content
+    assert [row["id"] for row in found.json()["results"]] == [failed.pk]
+    searched = api.get(f"/api{by_amount}")
+    assert {row["id"] for row in searched.json()["results"]} == {failed.pk, paid.pk}
+    exported: Any = api.get(f"/api{export}")
+    assert exported.status_code == 200
+    assert exported["Content-Type"].startswith("text/csv")
+    assert len(b"".join(exported.streaming_content).decode().strip().splitlines()) == 3
+
+
+@pytest.mark.django_db
+def test_the_documented_choice_error_is_the_one_answered(api: APIClient) -> None:
+    documented = re.search(
+        r"\(`(source: bogus is not one of the valid values:\s.*?)`\)", README.read_text(), re.DOTALL
+    )
+    assert documented is not None
+    answer = api.get("/api/jobs/", {"source": "bogus"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == " ".join(documented.group(1).split())

@@ -128,14 +128,14 @@ def test_failed_job_reports_its_error(api: APIClient, user: Any) -> None:
 
 @pytest.mark.parametrize("job_id", ["not-a-uuid", "123", "0x1234", str(uuid.uuid4())])
 def test_unknown_or_malformed_job_id_is_a_json_404(api: APIClient, job_id: str) -> None:
-    assert assert_error(api.get(f"/api/jobs/{job_id}"), 404)["error"] == "Job not found"
+    assert assert_error(api.get(f"/api/jobs/{job_id}"), 404)["error"] == "Job not found."
 
 
 def test_other_users_job_is_not_found(api: APIClient, other_user: Any) -> None:
     job = triggered(other_user)
     assert assert_error(api.get(f"/api/jobs/{job.pk}"), 404) == {
         "success": False,
-        "error": "Job not found",
+        "error": "Job not found.",
     }
 
 

@@ -381,7 +381,8 @@ def test_missing_token_without_a_default_token_is_refused(api: APIClient, settin
     settings.TOKEN_ADDRESS = ""
     response = api.post("/api/subscriptions/", valid_payload(token_address=_MISSING), format="json")
     body = assert_error(response, 400)
-    assert "token_address" in body["details"]
+    # The network is what cannot be paid on here.
+    assert "has no token configured" in body["details"]["network"][0]
     assert Subscription.objects.count() == 0
 
 

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.throttling import BaseThrottle
 
-from core.filters import time_range
+from core.filters import ChoiceFilter, MultipleChoiceFilter, time_range
 from core.limits import WebhookResendRateThrottle
 from subscriptions.webhooks import selectors, services
 from subscriptions.webhooks.api.serializers import (
@@ -119,8 +119,8 @@ class WebhookEndpointViewSet(
 
 
 class WebhookDeliveryFilter(filters.FilterSet):
-    status = filters.MultipleChoiceFilter(choices=WebhookDelivery.Status.choices)
-    event_type = filters.ChoiceFilter(field_name="event__type", choices=EventType.choices)
+    status = MultipleChoiceFilter(choices=WebhookDelivery.Status.choices)
+    event_type = ChoiceFilter(field_name="event__type", choices=EventType.choices)
     created_after, created_before = time_range("created_at", "Created")
 
     class Meta:
