@@ -26,6 +26,7 @@ from django.views.decorators.http import require_POST
 
 from core.admin_log import admin_log_action
 from core.console import age_text, money_text
+from core.health import health_report
 from core.networks import token_symbol
 from jobs import analytics, charts, history, selectors, services, settlements
 from jobs.alerts import alerts_evaluate
@@ -144,6 +145,8 @@ def dashboard_view(request: HttpRequest, *, admin_site: AdminSite) -> HttpRespon
         "pages": console_pages(),
         "stats": stats,
         "alerts": alerts_evaluate(stats=stats) if request.user.is_staff else [],
+        # Liveness and payments' readiness, as /health/live and /health/ready answer them.
+        "health": health_report() if request.user.is_staff else None,
         "status_counts": list(stats["counts"].items()),
         "oldest_waiting_age": format_age(stats["oldestWaitingAgeSeconds"]),
         "failure_rates": failure_rates,

@@ -294,3 +294,32 @@ def test_job_list_ages_are_recent(operator: Client) -> None:
 
     assert "12 min ago" in html
     assert str(job.pk)[:8] in html
+
+
+def test_the_dashboard_shows_liveness_and_payments_readiness(
+    operator: Client, settings: Any
+) -> None:
+    html = page(operator, "/admin/dashboard/")
+    assert 'id="health-live"' in html and "/health/live" in html
+    assert 'id="health-ready"' in html and "/health/ready" in html
+
+    settings.AUTOPAY_KEY_ENCRYPTION_KEYS = ["not-a-fernet-key"]  # the operator's mistake
+    broken = page(operator, "/admin/dashboard/")
+    ready = broken[broken.index('id="health-ready"') :][:600]
+    assert "NOT READY" in ready and "misconfigured" in ready
+    live = broken[broken.index('id="health-live"') :][:300]
+    assert "DOWN" not in live, "liveness is not payments' readiness"
+
+
+def test_the_api_names_the_token_of_every_amount(api: Any, user: Any, settings: Any) -> None:
+    settings.TOKEN_SYMBOL = "USDX"
+    subscription = SubscriptionFactory.create(owner=user, amount=Decimal("7.5"))
+    settled_payment(subscription, index=0, transaction_hash="0x" + "12" * 32)
+
+    sub = api.get(f"/api/subscriptions/{subscription.pk}/").json()
+    assert (sub["amount"], sub["token_symbol"], sub["token_decimals"]) == ("7.5", "USDX", 6)
+    (pay,) = api.get("/api/payments/").json()["results"]
+    assert (pay["amount"], pay["token_symbol"], pay["token_decimals"]) == ("7.5", "USDX", 6)
+    schema = api.get("/api/schema/?format=json").json()
+    described = schema["components"]["schemas"]["PaymentOutput"]["properties"]["amount"]
+    assert "token_symbol" in described["description"]

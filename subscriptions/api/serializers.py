@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.networks import token_symbol
 from subscriptions import periods, selectors, validators
 from subscriptions.models import PayerWallet, Payment, Subscription
 
@@ -250,8 +251,25 @@ class SubscriptionUpdateSerializer(serializers.Serializer):
         return attrs
 
 
-class SubscriptionOutputSerializer(serializers.ModelSerializer):
-    amount = AmountField(read_only=True)
+AMOUNT_HELP = (
+    "Exact decimal string in the token's units (at most token_decimals places); "
+    "token_symbol names the token (e.g. 7.5 USDC)."
+)
+
+
+class TokenSymbolMixin(serializers.Serializer):
+    """One money format: every amount comes with the symbol of its network's token."""
+
+    token_symbol = serializers.SerializerMethodField(
+        help_text="The symbol of the network's token (TOKEN_SYMBOL, or the network's own)."
+    )
+
+    def get_token_symbol(self, instance: Any) -> str:
+        return token_symbol(instance.network)
+
+
+class SubscriptionOutputSerializer(TokenSymbolMixin, serializers.ModelSerializer):
+    amount = AmountField(read_only=True, help_text=AMOUNT_HELP)
     wallet: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(read_only=True)
     signed_periods_remaining = serializers.SerializerMethodField(
         help_text="Pre-signed: coming periods whose authorization is uploaded, unexpired and "
@@ -283,6 +301,7 @@ class SubscriptionOutputSerializer(serializers.ModelSerializer):
             "resource_url",
             "resource_method",
             "amount",
+            "token_symbol",
             "token_address",
             "token_decimals",
             "network",
@@ -303,9 +322,11 @@ class SubscriptionOutputSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PaymentOutputSerializer(serializers.ModelSerializer):
-    amount = AmountField(read_only=True)
-    amount_atomic = serializers.SerializerMethodField()
+class PaymentOutputSerializer(TokenSymbolMixin, serializers.ModelSerializer):
+    amount = AmountField(read_only=True, help_text=AMOUNT_HELP)
+    amount_atomic = serializers.SerializerMethodField(
+        help_text="The amount in the token's smallest unit (amount * 10^token_decimals)."
+    )
 
     class Meta:
         model = Payment
@@ -317,6 +338,8 @@ class PaymentOutputSerializer(serializers.ModelSerializer):
             "period_end",
             "amount",
             "amount_atomic",
+            "token_symbol",
+            "token_decimals",
             "payer_address",
             "recipient_address",
             "token_address",
