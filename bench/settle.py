@@ -3,6 +3,7 @@ private anvil with instant mining and with 1-second blocks.
 
     .venv/bin/python bench/settle.py [--batch-payments 20000] [--per-job-payments 400]
                                      [--chains instant,1s] [--concurrency 2] [--relayers 4]
+                                     [--unfunded-relayers 1]
 
 For each chain (an anvil it starts itself, with the token and the aggregate3 contract deployed)
 and each path (AUTOPAY_SETTLEMENT_BATCH_SIZE=1, then the batch size, default 200):
@@ -18,7 +19,10 @@ and each path (AUTOPAY_SETTLEMENT_BATCH_SIZE=1, then the batch size, default 200
    PostgreSQL, Redis);
 4. audits the chain: one AuthorizationUsed (one transfer) per completed payment, with the
    transaction the payment records, none for any other, and the recipients' balances equal to
-   the amounts completed.
+   the amounts completed;
+5. reports what a billing day must keep at zero: lost-message republishes, lease recoveries and
+   subscriptions moved to dunning (with ``--unfunded-relayers N`` the first N relayers of the
+   pool hold no ETH), and the JSON-RPC requests per payment (all workers, counted in Redis).
 
 Environment defaults (an existing variable wins): DATABASE_URL (autopay_bench), REDIS_URL
 (db 14, flushed before each measurement: give it a Redis database of its own),
@@ -79,6 +83,11 @@ class Result:
     load: tuple[float, float]
     audit: str
     steps: dict[str, float]
+    # What a billing day must keep at zero, and what a rate-limited provider bills.
+    rpc_per_payment: float = 0.0
+    lost_republished: int = 0
+    lease_recoveries: int = 0
+    subscriptions_dunned: int = 0
 
     @property
     def rate(self) -> float:
@@ -314,16 +323,24 @@ def measure(
     relayer_keys: list[str],
     concurrency: int,
     timeout: float,
+    unfunded: int = 0,
 ) -> Result:
     from django.conf import settings
+    from eth_account import Account
+    from web3.types import RPCEndpoint
 
+    from autopay.chain.client import rpc_calls_key
     from config.celery import app
     from core.redis import get_redis
-    from subscriptions.models import Payment
+    from subscriptions.models import Payment, Subscription
 
     recipients, _wallets = load(count, w3=w3, chain_env=chain_env)
     client = get_redis()
     client.flushdb()
+    # A relayer of the pool without ETH: its work must go to the others, no customer failing.
+    dry = [Account.from_key(key).address for key in relayer_keys[:unfunded]]
+    for address in dry:
+        w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [address, "0x0"])
     env = {
         **os.environ,
         **chain_env,
@@ -364,7 +381,12 @@ def measure(
         )
     finally:
         workers.stop()
+        for address in dry:
+            w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [address, hex(10**22)])
     end_block = w3.eth.block_number
+    calls = client.hgetall(rpc_calls_key(chain_env["CHAIN_NETWORK"]))
+    rpc_calls = sum(int(count) for count in calls.values())
+    worker_log = log.read_text(errors="replace")
     completed = Payment.objects.filter(status=Payment.Status.COMPLETED).count()
     failed = Payment.objects.filter(status=Payment.Status.FAILED).count()
     gas, transactions = relayer_gas(w3, relayer_keys, start_block, end_block)
@@ -389,7 +411,17 @@ def measure(
         load=(load_before, os.getloadavg()[0]),
         machine_cpu=machine / max(completed, 1),
         audit=audit,
-        steps=batch_steps(log.read_text(errors="replace")),
+        steps=batch_steps(worker_log),
+        rpc_per_payment=rpc_calls / max(completed, 1),
+        lost_republished=sum(
+            int(line.split(" job message(s) lost")[0].rsplit(" ", 1)[-1])
+            for line in worker_log.splitlines()
+            if " job message(s) lost" in line
+        ),
+        lease_recoveries=worker_log.count("from an expired lease"),
+        subscriptions_dunned=Subscription.objects.exclude(
+            status=Subscription.Status.ACTIVE
+        ).count(),
     )
 
 
@@ -491,6 +523,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--relayers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument(
+        "--unfunded-relayers", type=int, default=0, help="relayers of the pool left without ETH"
+    )
     args = parser.parse_args()
 
     ensure_database()
@@ -533,6 +568,7 @@ def main() -> None:
                     relayer_keys=relayer_keys,
                     concurrency=args.concurrency,
                     timeout=args.timeout,
+                    unfunded=args.unfunded_relayers,
                 )
                 results.append(result)
                 print(
@@ -553,7 +589,8 @@ def print_table(results: list[Result]) -> None:
     print(
         f"{'chain':>8} {'path':>8} {'payments':>8} {'failed':>6} {'seconds':>7} "
         f"{'pay/s':>7} {'gas/pay':>8} {'txs':>5} {'CPU ms/pay: workers':>19} "
-        f"{'anvil':>6} {'db':>6} {'machine':>8} {'load':>9}  audit"
+        f"{'anvil':>6} {'db':>6} {'machine':>8} {'load':>9} {'rpc/pay':>7} {'lost':>4} "
+        f"{'leases':>6} {'dunned':>6}  audit"
     )
     for r in results:
         print(
@@ -561,7 +598,9 @@ def print_table(results: list[Result]) -> None:
             f"{r.rate:>7.1f} {r.gas_per_payment:>8.0f} {r.transactions:>5} "
             f"{r.worker_cpu * 1000:>19.2f} {r.anvil_cpu * 1000:>6.2f} "
             f"{r.database_cpu * 1000:>6.2f} {r.machine_cpu * 1000:>8.2f} "
-            f"{r.load[0]:>4.1f}-{r.load[1]:<4.1f}  {r.audit}"
+            f"{r.load[0]:>4.1f}-{r.load[1]:<4.1f} {r.rpc_per_payment:>7.3f} "
+            f"{r.lost_republished:>4} {r.lease_recoveries:>6} {r.subscriptions_dunned:>6}  "
+            f"{r.audit}"
         )
     for r in results:
         if r.steps:

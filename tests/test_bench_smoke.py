@@ -96,6 +96,7 @@ def test_the_settlement_benchmark_runs(bench_env: dict[str, str]) -> None:
         "--batch-payments", "400",
         "--batch-size", "100",
         "--relayers", "2",
+        "--unfunded-relayers", "1",
         "--timeout", "60",
     ]  # fmt: skip
     output = _run("settle.py", args, bench_env)
@@ -104,3 +105,8 @@ def test_the_settlement_benchmark_runs(bench_env: dict[str, str]) -> None:
         pattern = rf"^instant {path}: {count}/{count} in [\d.]+s, [\d.]+/s, audit ok \({count} "
         assert re.search(pattern, output, re.M), output
     assert re.search(r"^instant: batch path [\d.]+x the per-job path", output, re.M), output
+    # One relayer of two without ETH: no lost republish, no lease taken back, nobody dunned.
+    rows = re.findall(
+        r"^\s+instant\s+(per-job|batch)\s.*\s(\d+)\s+(\d+)\s+(\d+)\s+ok", output, re.M
+    )
+    assert sorted(rows) == [("batch", "0", "0", "0"), ("per-job", "0", "0", "0")], output
