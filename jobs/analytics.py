@@ -202,6 +202,30 @@ def payment_volume_per_day(
     ]
 
 
+def payment_volume_per_day_by_network(
+    *, user: Any, days: int = DEFAULT_DAYS, now: datetime | None = None
+) -> dict[str, list[DayVolume]]:
+    """``payment_volume_per_day`` for each network with finished payments in the window."""
+    first_day, _ = analytics_window(days=days, now=now)
+    rows = (
+        finished_payments(user=user, since=_window_start(first_day))
+        .annotate(day=TruncDate("outcome_at"))
+        .order_by()
+        .values("network", "day")
+        .annotate(**_VOLUME_AGGREGATES)
+    )
+    by_network: dict[str, dict[date, PaymentVolume]] = {}
+    for row in rows:
+        by_network.setdefault(row["network"], {})[row["day"]] = _volume(row)
+    return {
+        network: [
+            DayVolume(day=day, volume=by_day.get(day, PaymentVolume()))
+            for day in (first_day + timedelta(days=offset) for offset in range(days))
+        ]
+        for network, by_day in sorted(by_network.items())
+    }
+
+
 def payment_volume_per_service(
     *, user: Any, days: int = DEFAULT_DAYS, now: datetime | None = None
 ) -> list[ServiceVolume]:

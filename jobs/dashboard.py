@@ -52,7 +52,6 @@ def dashboard_charts(*, user: Any, report: analytics.PaymentAnalytics) -> list[S
     """The dashboard's pictures: payments, volume and success rate per day, open jobs per
     network over the last hours (sampled by the recovery task) and settlements per minute."""
     labels = [_day_label(row.day) for row in report.per_day]
-    symbol = token_symbol(settings.CHAIN_NETWORK)
     result = [
         charts.bar_chart(
             chart_id="chart-payments-per-day",
@@ -63,34 +62,44 @@ def dashboard_charts(*, user: Any, report: analytics.PaymentAnalytics) -> list[S
                 charts.Series("failed", [row.volume.failed for row in report.per_day]),
             ],
         ),
+    ]
+    # Volume and success rate per network (each network's amounts in its own token).
+    by_network = analytics.payment_volume_per_day_by_network(user=user, days=report.days) or {
+        settings.CHAIN_NETWORK: report.per_day
+    }
+    result.append(
         charts.bar_chart(
             chart_id="chart-volume-per-day",
-            title=f"Volume paid per day ({symbol})",
+            title="Volume paid per day, per network",
             labels=labels,
             series=[
                 charts.Series(
-                    "paid", [float(row.volume.completed_amount) for row in report.per_day]
+                    f"{network} ({token_symbol(network)})",
+                    [float(row.volume.completed_amount) for row in days],
                 )
+                for network, days in by_network.items()
             ],
-            unit=f" {symbol}",
-        ),
+        )
+    )
+    result.append(
         charts.line_chart(
             chart_id="chart-success-rate",
-            title="Success rate per day (%)",
+            title="Success rate per day (%), per network",
             labels=labels,
             series=[
                 charts.Series(
-                    "success",
+                    network,
                     [
                         None if row.volume.success_rate is None else row.volume.success_rate * 100
-                        for row in report.per_day
+                        for row in days
                     ],
                 )
+                for network, days in by_network.items()
             ],
             unit=" %",
             top=100.0,
-        ),
-    ]
+        )
+    )
     samples = history.queue_depth_history(hours=CHART_HOURS)
     if samples:
         networks = sorted({network for sample in samples for network in sample.open_jobs})

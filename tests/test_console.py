@@ -323,3 +323,17 @@ def test_the_api_names_the_token_of_every_amount(api: Any, user: Any, settings: 
     schema = api.get("/api/schema/?format=json").json()
     described = schema["components"]["schemas"]["PaymentOutput"]["properties"]["amount"]
     assert "token_symbol" in described["description"]
+
+
+def test_volume_and_success_rate_are_drawn_per_network(operator: Client) -> None:
+    first = SubscriptionFactory.create(network="eip155:31337")
+    second = SubscriptionFactory.create(network="eip155:31338")
+    settled_payment(first, index=0, transaction_hash="0x" + "21" * 32)
+    settled_payment(second, index=0, transaction_hash="0x" + "22" * 32)
+
+    html = page(operator, "/admin/dashboard/")
+
+    for chart in ("chart-volume-per-day", "chart-success-rate"):
+        svg = html[html.index(f'id="{chart}"') :]
+        svg = svg[: svg.index("</svg>")]
+        assert "eip155:31337" in svg and "eip155:31338" in svg, chart
