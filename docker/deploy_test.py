@@ -432,7 +432,10 @@ def check_deployment_properties(stack: Stack, figures: dict[str, Any], metrics_t
     access = [line for line in stack.logs("web").splitlines() if "logger=gunicorn.access" in line]
     check(access, "no access log line from gunicorn")
     check(
-        re.search(r'method=GET path="/health" status=200 bytes=\d+ duration_ms=\d+', access[-1]),
+        # The healthcheck probes liveness (/health/live).
+        re.search(
+            r'method=GET path="/health(/live)?" status=200 bytes=\d+ duration_ms=\d+', access[-1]
+        ),
         f"access log line is not key=value: {access[-1]}",
     )
     found["access log"] = access[-1].split("| ", 1)[-1][:160]
