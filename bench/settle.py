@@ -3,7 +3,7 @@ private anvil with instant mining and with 1-second blocks.
 
     .venv/bin/python bench/settle.py [--batch-payments 20000] [--per-job-payments 400]
                                      [--chains instant,1s] [--concurrency 2] [--relayers 4]
-                                     [--unfunded-relayers 1]
+                                     [--unfunded-relayers 1] [--beat]
 
 For each chain (an anvil it starts itself, with the token and the aggregate3 contract deployed)
 and each path (AUTOPAY_SETTLEMENT_BATCH_SIZE=1, then the batch size, default 200):
@@ -23,6 +23,8 @@ and each path (AUTOPAY_SETTLEMENT_BATCH_SIZE=1, then the batch size, default 200
 5. reports what a billing day must keep at zero: lost-message republishes, lease recoveries and
    subscriptions moved to dunning (with ``--unfunded-relayers N`` the first N relayers of the
    pool hold no ETH), and the JSON-RPC requests per payment (all workers, counted in Redis).
+   With ``--beat`` beat runs inside the worker, so the recovery and finality sweeps (every
+   10 s) compete with the payments as on a billing day.
 
 Environment defaults (an existing variable wins): DATABASE_URL (autopay_bench), REDIS_URL
 (db 14, flushed before each measurement: give it a Redis database of its own),
@@ -210,8 +212,10 @@ def load(count: int, *, w3: Any, chain_env: dict[str, str]) -> tuple[list[str], 
 class Workers:
     """``celery worker -c N`` processes, as production runs them."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, log: Path) -> None:
-        self.env, self.concurrency, self.log = env, concurrency, log
+    def __init__(
+        self, env: dict[str, str], concurrency: int, log: Path, *, beat: bool = False
+    ) -> None:
+        self.env, self.concurrency, self.log, self.beat = env, concurrency, log, beat
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Workers:
@@ -224,6 +228,11 @@ class Workers:
             "-n", f"bench-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
         ]  # fmt: skip
+        if self.beat:
+            # Beat inside the worker, from the database's schedule: maintenance (recovery and
+            # finality sweeps every 10 s, the webhook dispatcher) runs beside the payments, as
+            # on a billing day in production.
+            command += ["-B", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
         self.log.write_text("")
         self.process = subprocess.Popen(
             command,
@@ -324,6 +333,7 @@ def measure(
     concurrency: int,
     timeout: float,
     unfunded: int = 0,
+    beat: bool = False,
 ) -> Result:
     from django.conf import settings
     from eth_account import Account
@@ -355,7 +365,7 @@ def measure(
     }
     log = REPO_ROOT / "var" / f"bench-settle-{chain}-{path}.log"
     log.parent.mkdir(exist_ok=True)
-    workers = Workers(env, concurrency, log).start()
+    workers = Workers(env, concurrency, log, beat=beat).start()
     start_block = w3.eth.block_number
     try:
         worker_cpu_0, machine_cpu_0 = workers.cpu_seconds(), machine_cpu()
@@ -526,6 +536,9 @@ def main() -> None:
     parser.add_argument(
         "--unfunded-relayers", type=int, default=0, help="relayers of the pool left without ETH"
     )
+    parser.add_argument(
+        "--beat", action="store_true", help="run beat's maintenance beside the payments"
+    )
     args = parser.parse_args()
 
     ensure_database()
@@ -569,6 +582,7 @@ def main() -> None:
                     concurrency=args.concurrency,
                     timeout=args.timeout,
                     unfunded=args.unfunded_relayers,
+                    beat=args.beat,
                 )
                 results.append(result)
                 print(
