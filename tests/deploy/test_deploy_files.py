@@ -773,7 +773,12 @@ def test_local_redis_entrypoint(args: list[str], expected: str) -> None:
             fake = folder / program
             fake.write_text('#!/bin/sh\necho "$@"\n')
             fake.chmod(0o755)
-        command = ["sh", str(LOCAL_BASE / "redis-entrypoint.sh"), *args]
+        # A copy in this folder: as root the script runs as nobody, who may not be able to
+        # enter the checkout (a clone under a 0700 directory, as `mktemp -d` makes).
+        script = folder / "redis-entrypoint.sh"
+        shutil.copyfile(LOCAL_BASE / "redis-entrypoint.sh", script)
+        script.chmod(0o755)
+        command = ["sh", str(script), *args]
         if os.getuid() == 0:  # as root it would chown /data and drop to the redis user
             command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
         result = subprocess.run(
